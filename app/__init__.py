@@ -1,0 +1,1 @@
+"""The FastAPI application, its routes, the command line and the settings."""

@@ -1,0 +1,1 @@
+"""Model definitions, presets and loading. Nothing here knows about transports or sessions."""

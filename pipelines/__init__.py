@@ -1,0 +1,1 @@
+"""Generation pipelines. Each is a small composition of models/ parts with per-stream state."""

@@ -1,0 +1,1 @@
+"""Transport-agnostic media core: frame types, queues, sessions, the scheduler and metrics."""

@@ -1,0 +1,57 @@
+"""`latentcast` command line: one subcommand per module, each adding its own flags.
+
+Flags shared by every command that loads models live here, so `serve` and `render` spell them
+the same way and read the same `LATENTCAST_*` environment variables through `Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from app.settings import Settings, load_settings
+
+# subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
+COMMANDS = {
+    "serve": ("app.serve", "start the streaming server"),
+    "render": ("app.render", "render a video file (or a prompt) offline through a pipeline"),
+    "presets": ("app.presets_command", "list the model presets"),
+}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset/--device/--dtype/--model-dir/--random-weights; unset flags fall back to Settings."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", help="model preset (default: LATENTCAST_PRESET or tiny)")
+    group.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
+    group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    group.add_argument("--model-dir", type=Path, help="local folder with the preset's weights (diffusers layout)")
+    group.add_argument("--random-weights", action="store_true", default=None,
+                       help="build the preset's real architecture with random weights (no download; for speed tests)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    known = Settings.model_fields
+    return load_settings(**{k: v for k, v in vars(args).items() if k in known})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentcast", description="Real-time streaming media generation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -94,12 +94,14 @@ class StepOutput:
     `frames` holds the outputs produced this tick, in order: none while the pipe warms up, one
     in steady state. `consumed` says whether the input frame was taken (a stream whose input
     was not consumed keeps it for the next tick). `skipped` says the similarity filter reused
-    the previous output instead of running the model.
+    the previous output instead of running the model. `error` says why an input could not be
+    used at all; that stream is left as it was and the other streams of the batch are served.
     """
 
     frames: list[VideoFrame] = field(default_factory=list)
     consumed: bool = True
     skipped: bool = False
+    error: str | None = None
 
 
 @runtime_checkable

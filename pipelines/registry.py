@@ -30,8 +30,19 @@ def _passthrough(options: ModelOptions) -> Pipeline:
     return PassthroughPipeline()
 
 
+def _stream_diffusion(options: ModelOptions) -> Pipeline:
+    from models.loading import load_diffusion_models
+    from pipelines.stream_diffusion.pipeline import StreamDiffusionPipeline
+
+    models = load_diffusion_models(
+        options.preset, options.device, options.dtype, options.model_dir, options.random_weights
+    )
+    return StreamDiffusionPipeline(models)
+
+
 _BUILDERS: dict[str, Callable[[ModelOptions], Pipeline]] = {
     "passthrough": _passthrough,
+    "stream-diffusion": _stream_diffusion,
 }
 
 

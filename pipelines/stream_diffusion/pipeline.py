@@ -1,0 +1,311 @@
+"""Stream-batched diffusion over many streams at once.
+
+Stream Batch: a stream with N denoising steps keeps N frames in flight, frame k-j sitting at
+step j. Each call adds the newest frame at step 0, runs ONE UNet pass over all N slots (each at
+its own timestep), and the frame at step N-1 leaves the pipe. One UNet row per frame per call
+instead of N sequential calls; the price is N-1 frames of latency.
+
+Across streams: every stream's rows (with their own timesteps, prompts and guidance rows) are
+concatenated into one UNet batch per latent size, so serving several streams costs one forward.
+No junk leaves the pipe during warm-up: a slot that holds no real frame produces no output.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, create_model
+
+from models.diffusion import DiffusionModels, PromptEmbeds
+from models.presets import DiffusionPreset
+from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.stream_diffusion.blending import blend, seeded_noise
+from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
+from pipelines.stream_diffusion.params import StreamDiffusionParams
+from pipelines.stream_diffusion.schedule import StepTables, denoised, make_step_tables, noise_from_model_output
+from pipelines.stream_diffusion.similarity_filter import SimilarityFilter
+from pipelines.stream_diffusion.state import StreamState
+from streaming.frames import VideoFrame
+
+PROMPT_FIELDS = {"prompt", "prompts", "prompt_interpolation"}
+SEED_FIELDS = {"seed", "seeds", "seed_interpolation"}
+
+
+def params_model_for(preset: DiffusionPreset) -> type[StreamDiffusionParams]:
+    """The parameter schema with this preset's defaults, so clients and UIs see the real ones."""
+    fields: dict[str, Any] = {}
+    for name, value in preset.defaults.items():
+        info = copy.copy(StreamDiffusionParams.model_fields[name])
+        info.default = value
+        fields[name] = (info.annotation, info)
+    return create_model(f"StreamDiffusionParams_{preset.name.replace('-', '_')}", __base__=StreamDiffusionParams, **fields)
+
+
+@dataclass
+class _Job:
+    """One stream's share of a call: its rows in the shared UNet batch and what to do after."""
+
+    index: int
+    state: StreamState
+    frame: VideoFrame | None  # identity of the entering frame; None while draining
+    image: torch.Tensor | None  # preprocessed input for img2img
+    slots: torch.Tensor = field(default=None)  # which steps this job's rows are at
+    x: torch.Tensor = field(default=None)
+    residual: torch.Tensor = field(default=None)
+    cond_rows: slice = field(default=None)
+    uncond_rows: slice | None = None
+
+
+class StreamDiffusionPipeline:
+    name = "stream-diffusion"
+    kind = PipelineKind.VIDEO_TO_VIDEO
+
+    def __init__(self, models: DiffusionModels):
+        self.models = models
+        self.params_model = params_model_for(models.preset)
+
+    # ---- per-stream state ------------------------------------------------------------------
+
+    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> StreamState:
+        return self._build_state(parse_params(self.params_model, params), stream_id)
+
+    def in_flight(self, state: StreamState) -> int:
+        return sum(frame is not None for frame in state.slots)
+
+    def update(self, state: StreamState, changes: Mapping[str, Any]) -> UpdateResult:
+        """Apply a partial update between ticks. Everything new is computed before anything is
+        assigned, so a rejected update (ParamError) leaves the stream exactly as it was."""
+        changes = dict(changes)
+        if "t_index_list" in changes and "strength" not in changes:
+            changes["strength"] = None  # an explicit schedule replaces the strength shorthand
+        new = merge_params(state.params, changes)
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(state.params, name)]
+        if not changed:
+            return UpdateResult()
+        if any(update_class_of(type(new), name) == UpdateClass.RESET for name in changed):
+            discarded = self.in_flight(state)
+            fresh = self._build_state(new, state.stream_id)
+            fresh.next_frame_id = state.next_frame_id
+            state.__dict__.update(fresh.__dict__)
+            return UpdateResult(applied=changed, reset=True, discarded_frames=discarded)
+        cond = self._prompt_embeds(new) if PROMPT_FIELDS & set(changed) else state.cond
+        uncond = self.models.encode_prompt([new.negative_prompt]) if "negative_prompt" in changed else state.uncond
+        if SEED_FIELDS & set(changed):
+            state.init_noise = self._slot_noise(new, state.num_steps, state.latent_shape)
+            state.generator.manual_seed(_main_seed(new))
+        state.cond, state.uncond, state.params = cond, uncond, new
+        return UpdateResult(applied=changed)
+
+    def _build_state(self, params: StreamDiffusionParams, stream_id: str) -> StreamState:
+        m = self.models
+        tables = make_step_tables(params.t_index_list, m.alphas_cumprod, m.preset.boundary_condition, m.device, m.dtype)
+        n = len(tables)
+        factor = m.vae_scale_factor
+        latent_shape = (m.latent_channels, params.height // factor, params.width // factor)
+        return StreamState(
+            params=params,
+            stream_id=stream_id,
+            tables=tables,
+            cond=self._prompt_embeds(params),
+            uncond=m.encode_prompt([params.negative_prompt]),
+            init_noise=self._slot_noise(params, n, latent_shape),
+            buffer=torch.zeros((n - 1, *latent_shape), device=m.device, dtype=m.dtype),
+            residual=torch.zeros((n, *latent_shape), device=m.device, dtype=m.dtype),
+            slots=[None] * (n - 1),
+            generator=torch.Generator("cpu").manual_seed(_main_seed(params)),
+            filter=SimilarityFilter(),
+        )
+
+    def _prompt_embeds(self, params: StreamDiffusionParams) -> PromptEmbeds:
+        prompts = params.prompts or []
+        texts = [p.text for p in prompts] or [params.prompt]
+        weights = [p.weight for p in prompts] or [1.0]
+        embeds = self.models.encode_prompt(texts)
+        one = lambda t: t.unsqueeze(0)  # noqa: E731
+        hidden = blend(list(embeds.hidden), weights, params.prompt_interpolation)
+        pooled = None if embeds.pooled is None else one(blend(list(embeds.pooled), weights, params.prompt_interpolation))
+        return PromptEmbeds(one(hidden), pooled)
+
+    def _slot_noise(self, params: StreamDiffusionParams, n: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        seeds = params.seeds or []
+        values = [s.seed for s in seeds] or [params.seed]
+        weights = [s.weight for s in seeds] or [1.0]
+        noises = [seeded_noise(seed, (n, *latent_shape)) for seed in values]
+        mixed = blend(noises, weights, params.seed_interpolation, keep_variance=True)
+        return mixed.to(self.models.device, self.models.dtype)
+
+    # ---- the batched step ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, batch: Sequence[tuple[StreamState, VideoFrame | None]]) -> list[StepOutput]:
+        outputs = [StepOutput() for _ in batch]
+        jobs: list[_Job] = []
+        for index, (state, frame) in enumerate(batch):
+            job = self._admit(index, state, frame, outputs)
+            if job is not None:
+                jobs.append(job)
+        # One UNet batch per latent size: rows of different sizes cannot share a tensor.
+        jobs.sort(key=lambda j: j.state.latent_shape)
+        for _, group in groupby(jobs, key=lambda j: j.state.latent_shape):
+            self._run(list(group), outputs)
+        return outputs
+
+    def _admit(self, index: int, state: StreamState, frame: VideoFrame | None, outputs: list[StepOutput]) -> _Job | None:
+        """Decide what a stream does this tick: drain, skip (similarity filter), or run."""
+        params = state.params
+        if params.mode == "txt2img":
+            if frame is None:
+                frame = VideoFrame(np.empty((0, 0, 3), np.uint8), state.next_frame_id, None, state.stream_id)
+            state.next_frame_id = frame.frame_id + 1
+            return _Job(index, state, frame, None)
+        if frame is None:
+            if self.in_flight(state) == 0:
+                outputs[index] = StepOutput(consumed=False)
+                return None
+            return _Job(index, state, None, None)
+        try:
+            image = self._preprocess(frame.image, params.width, params.height)
+        except ValueError as err:
+            outputs[index] = StepOutput(consumed=True, error=str(err))
+            return None
+        if state.filter.should_skip(
+            image, params.filter_threshold, params.filter_max_skip, state.generator, can_skip=state.last_output is not None
+        ):
+            outputs[index] = StepOutput(frames=[frame.with_image(state.last_output.image)], skipped=True)
+            return None
+        return _Job(index, state, frame, image)
+
+    def _run(self, jobs: list[_Job], outputs: list[StepOutput]) -> None:
+        m = self.models
+        to_encode = [j for j in jobs if j.image is not None]
+        latents = m.encode_images(torch.cat([j.image for j in to_encode])) if to_encode else None
+        encoded = {id(j): latents[k : k + 1] for k, j in enumerate(to_encode)}
+
+        rows_x, rows_t, rows_embeds = [], [], []
+        for job in jobs:
+            self._plan_rows(job, encoded.get(id(job)), rows_x, rows_t, rows_embeds)
+        model_out = m.predict(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
+
+        exits: list[tuple[_Job, VideoFrame, torch.Tensor]] = []
+        for job in jobs:
+            leaving = self._advance(job, model_out)
+            if leaving is not None:
+                exits.append((job, *leaving))
+        if exits:
+            images = _to_uint8(m.decode_latents(torch.cat([latent for _, _, latent in exits])))
+            for (job, meta, _), image in zip(exits, images):
+                out = meta.with_image(image)
+                job.state.last_output = out
+                outputs[job.index].frames.append(out)
+
+    def _plan_rows(self, job: _Job, latent: torch.Tensor | None, rows_x, rows_t, rows_embeds) -> None:
+        """Append this stream's UNet rows: its slots with the prompt, plus guidance rows."""
+        s, p = job.state, job.state.params
+        tables, n = s.tables, s.num_steps
+        if job.frame is None:  # draining: only the frames already in flight move
+            job.slots = torch.arange(1, n)
+            job.x = s.buffer
+        else:
+            if latent is None:  # txt2img: fresh noise stands in for the noised input
+                newest = torch.randn((1, *s.latent_shape), generator=s.generator).to(s.buffer.device, s.buffer.dtype)
+            else:
+                newest = tables.alpha[0] * latent + tables.beta[0] * s.init_noise[0:1]
+            job.slots = torch.arange(n)
+            job.x = torch.cat([newest, s.buffer])
+        # S of each slot: the added noise itself at step 0, carried forward from the last call after.
+        job.residual = torch.cat([s.init_noise[0:1], s.residual[:-1]])[job.slots]
+        rows = len(job.slots)
+        timesteps = tables.timesteps[job.slots]
+
+        start = sum(len(x) for x in rows_x)
+        rows_x.append(job.x)
+        rows_t.append(timesteps)
+        rows_embeds.append(s.cond.map(lambda t: t.expand(rows, *t.shape[1:])))
+        job.cond_rows = slice(start, start + rows)
+        if not cfg_active(p.cfg_type, p.guidance_scale):
+            return
+        if p.cfg_type == "full":
+            extra = (job.x, timesteps)
+        elif p.cfg_type == "onetime" and job.frame is not None:
+            extra = (job.x[0:1], timesteps[0:1])  # one real negative pass, for the newest frame only
+        else:
+            return
+        rows_x.append(extra[0])
+        rows_t.append(extra[1])
+        rows_embeds.append(s.uncond.map(lambda t: t.expand(len(extra[0]), *t.shape[1:])))
+        job.uncond_rows = slice(start + rows, start + rows + len(extra[0]))
+
+    def _advance(self, job: _Job, model_out: torch.Tensor) -> tuple[VideoFrame, torch.Tensor] | None:
+        """Guidance, x0 estimates, residual noise and buffer for one stream; returns the frame
+        that leaves the pipe (with its latent), if a real one does."""
+        s, p = job.state, job.state.params
+        m, n = self.models, s.num_steps
+        tables = s.tables.rows(job.slots)
+        eps = noise_from_model_output(model_out[job.cond_rows], job.x, tables, m.prediction_type)
+        residual = job.residual
+        if cfg_active(p.cfg_type, p.guidance_scale):
+            if p.cfg_type == "full":
+                eps_uncond = noise_from_model_output(model_out[job.uncond_rows], job.x, tables, m.prediction_type)
+            else:
+                if job.uncond_rows is not None:  # onetime: the real negative replaces S of the newest frame
+                    first = s.tables.rows(job.slots[:1])
+                    real = noise_from_model_output(model_out[job.uncond_rows], job.x[0:1], first, m.prediction_type)
+                    residual = torch.cat([real, residual[1:]])
+                eps_uncond = p.delta * residual
+            eps = guided_noise(eps, eps_uncond, p.guidance_scale)
+        x0 = denoised(job.x, eps, tables)
+
+        # Each row j moves on to step j+1 at the next call (the last row leaves).
+        ones = torch.ones_like(s.tables.alpha[:1])
+        next_alpha = torch.cat([s.tables.alpha[1:], ones])[job.slots]
+        next_beta = torch.cat([s.tables.beta[1:], ones])[job.slots]
+        next_noise = torch.roll(s.init_noise, -1, dims=0)[job.slots]
+        new_residual = torch.zeros_like(s.residual)
+        new_residual[job.slots] = next_residual_noise(residual, eps, tables, next_alpha, next_beta, next_noise)
+        staying = job.slots < n - 1
+        renoised = next_alpha[staying] * x0[staying]
+        if p.add_noise:
+            renoised = renoised + next_beta[staying] * next_noise[staying]
+        new_buffer = torch.zeros_like(s.buffer)
+        new_buffer[job.slots[staying]] = renoised
+        s.buffer, s.residual = new_buffer, new_residual
+
+        in_flight = [job.frame] + s.slots  # frame at slot 0..N-1 this call
+        s.slots = in_flight[: n - 1]
+        leaving = in_flight[n - 1]
+        if leaving is None:
+            return None
+        return leaving, x0[job.slots == n - 1]
+
+    def _preprocess(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """uint8 HWC RGB -> (1, 3, height, width) in [-1, 1] on the device: centre-cropped to the
+        stream's aspect ratio, then resized (antialiased) when the sizes differ."""
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+            raise ValueError(f"input frame must be an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', type(image))}")
+        if image.shape[0] < 8 or image.shape[1] < 8:
+            raise ValueError(f"input frame {image.shape[1]}x{image.shape[0]} is too small")
+        m = self.models
+        x = torch.from_numpy(image).to(m.device).permute(2, 0, 1).unsqueeze(0).float()
+        h, w = image.shape[:2]
+        if (h, w) != (height, width):
+            crop_h, crop_w = (h, round(h * width / height)) if w * height > h * width else (round(w * height / width), w)
+            top, left = (h - crop_h) // 2, (w - crop_w) // 2
+            x = F.interpolate(x[..., top : top + crop_h, left : left + crop_w], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return (x / 127.5 - 1.0).to(m.dtype)
+
+
+def _main_seed(params: StreamDiffusionParams) -> int:
+    return params.seeds[0].seed if params.seeds else params.seed
+
+
+def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) in [-1, 1] -> B arrays (H, W, 3) uint8, with one device-to-host copy."""
+    pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(pixels)

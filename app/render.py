@@ -1,0 +1,294 @@
+"""`latentcast render`: a video file (or a prompt alone) through a pipeline, offline, to a file.
+
+It runs the same pipeline code as live streaming, one stream, every frame: decoding and
+encoding run on their own threads so the model is never waiting on them, and nothing is dropped.
+The output keeps the input's timing (frame rate, per-frame timestamps, duration) and its audio.
+With the same seed the same command gives the same frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from app.cli import add_model_arguments, settings_from_args
+from pipelines.base import ParamError, Pipeline, PipelineKind, validation_to_param_error
+from pipelines.registry import ModelOptions, load_pipeline
+from streaming.frames import VideoFrame
+from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
+
+PROG = "latentcast render"
+DEFAULT_TXT2IMG_FPS = Fraction(24)
+# How many decoded frames wait for the model, and how many outputs wait for the encoder:
+# enough to ride out jitter on either side, few enough to keep memory small at large sizes.
+DECODE_AHEAD = 4
+ENCODE_BEHIND = 4
+
+# Generation flags (argparse dest) and the stream parameter each one sets.
+PARAM_OF_FLAG = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
+    "strength": "strength", "t_index_list": "t_index_list", "cfg": "cfg_type", "guidance": "guidance_scale",
+    "delta": "delta", "filter_threshold": "filter_threshold", "filter_max_skip": "filter_max_skip",
+}
+
+T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """Arguments that cannot work together (exit status 2, like argparse's own errors)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", nargs="?", type=Path, help="video file to transform (omit it for txt2img)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="file to write; its extension picks the container (.mp4, .mkv, .mov, .webm)")
+    parser.add_argument("--pipeline", default="stream-diffusion",
+                        help="pipeline to run (default: stream-diffusion; passthrough only re-encodes)")
+    add_model_arguments(parser)
+
+    gen = parser.add_argument_group("generation (defaults come from the preset)")
+    gen.add_argument("--prompt", help="what to generate")
+    gen.add_argument("--negative-prompt", help="used by --cfg full and onetime")
+    gen.add_argument("--seed", type=int, help="noise seed; the same seed gives the same output")
+    gen.add_argument("--steps", type=int, help="denoising steps (1-4), used with --strength")
+    gen.add_argument("--strength", type=float, help="how far from the input to go, 0-1 (img2img)")
+    gen.add_argument("--t-index-list", type=_int_list, metavar="I,J,...",
+                     help="denoising steps as LCM timestep indices 0-49, e.g. 32,45 (instead of --strength)")
+    gen.add_argument("--cfg", choices=["none", "full", "self", "onetime"], help="residual CFG type")
+    gen.add_argument("--guidance", type=float, help="guidance scale (CFG is active above 1)")
+    gen.add_argument("--delta", type=float, help="damping of the residual noise in self/onetime CFG")
+    gen.add_argument("--filter-threshold", type=float,
+                     help="similarity filter: skip frames more similar than this (0-1; 1 disables it)")
+    gen.add_argument("--filter-max-skip", type=int, help="similarity filter: most frames skipped in a row")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the input's, rounded down to 8)")
+    out.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the input's, rounded down to 8)")
+    out.add_argument("--fps", type=_frame_rate, metavar="RATE",
+                     help="output frame rate, e.g. 12 or 30000/1001 (default: the input's timing; 24 for txt2img)")
+    out.add_argument("--frames", type=int, help="number of frames to generate without an input (txt2img)")
+    out.add_argument("--crf", type=int, default=18, help="encoder quality, lower is better (default: 18)")
+    out.add_argument("--no-audio", action="store_true", help="leave the input's audio out")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render and return the exit status; every failure is one line on stderr, and no output file."""
+    try:
+        return _render(args)
+    except UsageError as err:
+        return _fail(str(err), status=2)
+    except ParamError as err:
+        return _fail(f"invalid parameter {err}", status=2)
+    except ValidationError as err:
+        return _fail(f"invalid setting {validation_to_param_error(err)}", status=2)
+    except NoAudioError as err:
+        return _fail(f"{err}; leave the input's audio out with --no-audio")
+    except MediaFileError as err:
+        return _fail(str(err))
+    except (ValueError, OSError, RuntimeError) as err:  # model loading and compute (e.g. out of memory)
+        return _fail(f"{type(err).__name__}: {err}")
+    except KeyboardInterrupt:
+        return _fail("interrupted; no output written", status=130)
+
+
+def _render(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    settings = settings_from_args(args)
+    # Unwound in reverse: the decode thread stops, then the output is finished (or removed),
+    # then the input is closed.
+    with ExitStack() as stack:
+        reader = stack.enter_context(VideoFileReader(args.input)) if args.input is not None else None
+        if reader is None:
+            frame_rate = args.fps or DEFAULT_TXT2IMG_FPS
+            time_base = 1 / frame_rate
+            total = args.frames
+            size = (args.width, args.height) if args.width and args.height else None
+            audio_from = None
+        else:
+            info = reader.info
+            frame_rate = args.fps or info.frame_rate
+            time_base = 1 / args.fps if args.fps else info.time_base
+            total = round(info.duration * args.fps) if args.fps and info.duration else info.frame_count
+            size = _output_size(args.width, args.height, info.width, info.height)
+            audio_from = args.input if info.has_audio and not args.no_audio else None
+
+        # The output is checked before the model loads: loading may take minutes.
+        writer = stack.enter_context(VideoFileWriter(
+            args.output, frame_rate=frame_rate, time_base=time_base, audio_from=audio_from, crf=args.crf))
+        pipeline = load_pipeline(args.pipeline, ModelOptions(
+            preset=settings.preset, device=settings.device, dtype=settings.dtype,
+            model_dir=settings.model_dir, random_weights=settings.random_weights))
+        state = pipeline.new_state(_stream_params(args, pipeline, reader is None, size))
+
+        if reader is None:
+            outputs = _generated(pipeline, state, args.frames, frame_rate)
+        else:
+            inputs = reader.frames(*size)
+            if args.fps:
+                inputs = resample_frame_rate(inputs, args.fps, reader.info.duration)
+            outputs = _transformed(pipeline, state, stack.enter_context(closing(_read_ahead(inputs, DECODE_AHEAD))))
+
+        started = time.monotonic()
+        with tqdm(total=total, unit="frame", desc="render", file=sys.stderr, disable=args.quiet,
+                  dynamic_ncols=True, smoothing=0.1) as progress:
+            _encode_behind(outputs, writer.write, ENCODE_BEHIND, on_frame=progress.update)
+    if not args.quiet:
+        elapsed = time.monotonic() - started
+        audio = f", audio {writer.audio_codec}" if writer.audio_codec else ""
+        print(f"wrote {args.output}: {writer.frames_written} frames{audio} in {elapsed:.1f} s "
+              f"({writer.frames_written / max(elapsed, 1e-9):.1f} fps)", file=sys.stderr)
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot see, refused before any file is opened."""
+    if args.input is None and args.frames is None:
+        raise UsageError("give an input video, or --frames N to generate from the prompt alone")
+    if args.input is not None and args.frames is not None:
+        raise UsageError("--frames is for rendering without an input video; the input's length sets the frame count")
+    if args.frames is not None and args.frames < 1:
+        raise UsageError(f"--frames must be at least 1, got {args.frames}")
+    for name in ("width", "height"):
+        value = getattr(args, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
+    if args.input is None and (args.width is None) != (args.height is None):
+        raise UsageError("without an input video give both --width and --height, or neither")
+    if args.input is not None and args.output.resolve() == args.input.resolve():
+        raise UsageError("the output would overwrite the input; choose another output name")
+
+
+def _output_size(width: int | None, height: int | None, in_width: int, in_height: int) -> tuple[int, int]:
+    """The requested size; a missing side follows the input's aspect; all rounded down to 8."""
+    if width is None and height is None:
+        width, height = in_width, in_height
+    elif height is None:
+        height = round(width * in_height / in_width)
+    elif width is None:
+        width = round(height * in_width / in_height)
+    if width < 8 or height < 8:
+        raise UsageError(f"the output size {width}x{height} is too small; give --width and --height")
+    return width // 8 * 8, height // 8 * 8
+
+
+def _stream_params(args: argparse.Namespace, pipeline: Pipeline, txt2img: bool,
+                   size: tuple[int, int] | None) -> dict[str, Any]:
+    """The stream's parameters: what the user gave, plus mode and size; the preset fills the rest."""
+    fields = pipeline.params_model.model_fields
+    params = {}
+    for dest, name in PARAM_OF_FLAG.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if name not in fields:
+            raise UsageError(f"the {pipeline.name} pipeline does not take --{dest.replace('_', '-')}")
+        params[name] = value
+    if txt2img and "mode" not in fields and pipeline.kind is not PipelineKind.TEXT_TO_VIDEO:
+        raise UsageError(f"pipeline {pipeline.name!r} needs an input video")
+    if "mode" in fields:
+        params["mode"] = "txt2img" if txt2img else "img2img"
+    if txt2img and args.cfg is None and "cfg_type" in fields:
+        params["cfg_type"] = "none"  # self and onetime measure their residual against an input image
+    if size is not None and "width" in fields and "height" in fields:
+        params["width"], params["height"] = size
+    return params
+
+
+def _transformed(pipeline: Pipeline, state: Any, frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:
+    """One output per input frame, in order: the pipe's warm-up outputs nothing, so the frames
+    still in flight at the end are drained with empty steps."""
+    count = 0
+    for frame in frames:
+        consumed = False
+        while not consumed:  # an input the pipeline did not take is offered again
+            (out,) = pipeline.step([(state, frame)])
+            consumed = out.consumed
+            yield from out.frames
+        count += 1
+    in_flight = pipeline.in_flight(state)
+    while in_flight > 0:
+        (out,) = pipeline.step([(state, None)])
+        yield from out.frames
+        left = pipeline.in_flight(state)
+        if left >= in_flight:
+            raise RuntimeError(f"pipeline {pipeline.name!r} does not drain: {left} frames stay in flight")
+        in_flight = left
+    if count == 0:
+        raise MediaFileError("the input has no video frames")
+
+
+def _generated(pipeline: Pipeline, state: Any, count: int, frame_rate: Fraction) -> Iterator[VideoFrame]:
+    """`count` generated frames, timed on a regular grid at `frame_rate`."""
+    made = 0
+    while made < count:
+        (out,) = pipeline.step([(state, None)])
+        for frame in out.frames[: count - made]:
+            yield VideoFrame(frame.image, made, float(made / frame_rate), frame.stream_id, frame.timestamps)
+            made += 1
+
+
+def _read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """The items of `items`, produced up to `depth` ahead on a thread (decoding overlaps compute)."""
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder:
+        ahead: deque[Future] = deque(decoder.submit(next, items, end) for _ in range(depth))
+        try:
+            while (item := ahead.popleft().result()) is not end:
+                ahead.append(decoder.submit(next, items, end))
+                yield item
+        finally:
+            decoder.shutdown(wait=True, cancel_futures=True)
+
+
+def _encode_behind(frames: Iterable[VideoFrame], write: Callable[[Any, float], None], depth: int,
+                   on_frame: Callable[[], Any]) -> None:
+    """Hand each frame to `write` on a thread, at most `depth` behind (encoding overlaps compute).
+
+    A failed write stops the render at the next frame; the frames keep their order.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+        pending: deque[Future] = deque()
+        try:
+            for frame in frames:
+                pending.append(encoder.submit(write, frame.image, frame.pts))
+                on_frame()
+                while pending and (len(pending) > depth or pending[0].done()):
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        finally:
+            encoder.shutdown(wait=True, cancel_futures=True)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _frame_rate(text: str) -> Fraction:
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number like 24 or 30000/1001, got {text!r}") from None
+    if not 0 < rate <= 240:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 240, got {text}")
+    return rate
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return status

@@ -23,9 +23,21 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Local folder with the preset's weights in diffusers layout.")
     random_weights: bool = Field(False, description="Build the preset's real architecture with random weights (speed tests).")
     api_token: SecretStr | None = Field(None, description="Bearer token required by every route when set.")
-    max_sessions: int = Field(8, ge=1)
+    max_sessions: int = Field(8, ge=1, description="Admission control: more sessions are refused as busy.")
     session_idle_timeout_s: float = Field(60.0, gt=0)
     log_level: str = "info"
+    pipelines: list[str] = Field(["stream-diffusion", "passthrough"],
+                                 description="Pipelines `serve` loads, the first is the default; ones not installed are skipped.")
+    warmup: bool = Field(True, description="Run each pipeline once at startup so the first client does not pay for it.")
+    max_batch: int = Field(16, ge=1, description="Most streams one batched step serves.")
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, description="Largest WebSocket message accepted.")
+    max_control_bytes: int = Field(64 * 2**10, ge=256, description="Largest JSON control message accepted.")
+    max_frame_width: int = Field(2048, ge=16)
+    max_frame_height: int = Field(2048, ge=16)
+    allowed_formats: list[str] = Field(["jpeg", "webp", "rgb24"], description="Input picture formats accepted on the stream.")
+    audio_buffer_s: float = Field(2.0, gt=0, description="Audio a session may queue before chunks are refused.")
+    stats_interval_s: float = Field(1.0, gt=0, description="How often a stream is sent a `stats` message.")
+    browser_token_ttl_s: float = Field(900.0, gt=0, description="Lifetime of the short-lived tokens given to browsers.")
 
 
 def load_settings(**overrides) -> Settings:

@@ -1,0 +1,328 @@
+"""The WebSocket stream endpoint: one connection carries one session (docs/protocol.md).
+
+The event loop only moves bytes here: pictures are decoded and encoded on the codec pool, the
+model runs on the compute worker, and this connection forwards what comes back, paced by pts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+
+import numpy as np
+from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+
+from app import __version__
+from app.context import ServerContext, server_context
+from streaming.codec import encode_image
+from streaming.errors import ErrorCode, StreamError
+from streaming.frames import AudioChunk, EncodedFrame
+from streaming.ingest import LatestDecoder
+from streaming.pacing import PtsPacer
+from streaming.protocol import (
+    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, StartMessage,
+    StatsRequest, StopMessage, UpdateMessage, pack_media, parse_control, request_id_of, unpack_media,
+)
+from streaming.session import OutputAudio, OutputFrame, Session, SessionClosed, SessionEvent, StreamNotice
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+OUTPUT_BACKLOG = 2          # generated frames waiting to be encoded and sent before the oldest is dropped
+AUDIO_RATES = range(8000, 192001)
+AUDIO_MAX_CHANNELS = 8
+
+
+@router.websocket("/v1/stream")
+async def stream(websocket: WebSocket, context: ServerContext = Depends(server_context)) -> None:
+    await StreamConnection(websocket, context).run()
+
+
+class StreamConnection:
+    def __init__(self, websocket: WebSocket, context: ServerContext):
+        self.ws = websocket
+        self.context = context
+        self.settings = context.settings
+        self.session: Session | None = None
+        self.output = OutputSpec()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._send_lock = asyncio.Lock()
+        self._frames: deque[OutputFrame] = deque()
+        self._frames_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._decoder: LatestDecoder | None = None
+        self._pacer = PtsPacer(max_wait=1 / 30)
+        self._closing = False
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._send_json(self._hello())
+            while not self._closing:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    if message.get("text") is not None:
+                        await self._on_text(message["text"])
+                    elif message.get("bytes") is not None:
+                        await self._on_bytes(message["bytes"])
+                except Exception as err:  # noqa: BLE001 - a bug answering one message must not end the stream
+                    log.exception("handling a stream message failed")
+                    await self._send_error(StreamError(ErrorCode.INTERNAL, f"server error: {err}"))
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            pass  # the client went away; nothing left to tell it
+        finally:
+            self._teardown()
+
+    def _hello(self) -> dict:
+        s = self.settings
+        return {
+            "type": "hello", "protocol": PROTOCOL_VERSION, "server": f"latentcast {__version__}",
+            "ready": self.context.worker.ready.is_set(),
+            "pipelines": list(self.context.worker.pipelines), "default_pipeline": self.context.sessions.default_pipeline,
+            "limits": {"max_message_bytes": s.max_message_bytes, "max_control_bytes": s.max_control_bytes,
+                       "max_frame_width": s.max_frame_width, "max_frame_height": s.max_frame_height,
+                       "formats": s.allowed_formats, "audio_buffer_s": s.audio_buffer_s},
+        }
+
+    # --- control ---------------------------------------------------------------------------
+
+    async def _on_text(self, text: str) -> None:
+        if len(text) > self.settings.max_control_bytes or len(text.encode()) > self.settings.max_control_bytes:
+            await self._send_error(StreamError(ErrorCode.MESSAGE_TOO_LARGE, f"control message over {self.settings.max_control_bytes} bytes"))
+            return
+        try:
+            message = parse_control(text)
+            if self.session is not None:
+                self.session.touch()
+            if isinstance(message, StartMessage):
+                await self._start(message)
+            elif self.session is None:
+                raise StreamError(ErrorCode.NOT_STARTED, f"send 'start' before '{message.type}'")
+            elif isinstance(message, UpdateMessage):
+                self._spawn(self._update(message))
+            elif isinstance(message, StatsRequest):
+                await self._send_json(self._stats_message(message.request_id))
+            elif isinstance(message, StopMessage):
+                await self._stop(message)
+        except StreamError as err:
+            await self._send_error(err, request_id=request_id_of(text))
+
+    async def _start(self, message: StartMessage) -> None:
+        if self.session is not None:
+            raise StreamError(ErrorCode.ALREADY_STARTED, f"this connection already streams session {self.session.id}")
+        if message.version != PROTOCOL_VERSION:
+            raise StreamError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {message.version}; this server speaks {PROTOCOL_VERSION}")
+        sessions = self.context.sessions
+        if message.session_id is not None:
+            session = sessions.attach_stream(message.session_id, self._sink)
+            if message.params or "slo" in message.model_fields_set:
+                try:
+                    await sessions.update(session, message.params, message.slo if "slo" in message.model_fields_set else None)
+                except StreamError:
+                    session.sink = None
+                    raise
+        else:
+            session = await sessions.create(message.pipeline, message.params, message.slo)
+            sessions.attach_stream(session.id, self._sink)
+        self.session = session
+        self.output = message.output
+        self._pacer = PtsPacer(max_wait=1 / session.slo.target_fps)
+        self._decoder = LatestDecoder(self.context.codec_pool, session.push_video, self._on_decode_error, session.count_dropped_input)
+        self._spawn(self._send_frames())
+        self._spawn(self._send_stats())
+        info = sessions.info(session)
+        await self._send_json({"type": "started", "request_id": message.request_id, "session_id": session.id,
+                               "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
+                               "needs_input": session.needs_input, "params": info.params,
+                               "slo": info.slo.model_dump(), "output": self.output.model_dump()})
+
+    async def _update(self, message: UpdateMessage) -> None:
+        try:
+            report = await self.context.sessions.update(self.session, message.params, message.slo)
+        except StreamError as err:
+            await self._send_error(err, request_id=message.request_id)
+            return
+        if message.slo is not None:
+            self._pacer.max_wait = 1 / message.slo.target_fps
+        await self._send_json({"type": "ack", "request_id": message.request_id, **report.model_dump(mode="json")})
+
+    async def _stop(self, message: StopMessage) -> None:
+        stats = self._stats_message(None)
+        self.context.sessions.close(self.session.id)
+        await self._send_json({"type": "stopped", "request_id": message.request_id, "reason": "client", "stats": stats})
+        await self._close()
+
+    def _stats_message(self, request_id: str | None) -> dict:
+        session = self.session
+        return {"type": "stats", "request_id": request_id, "session_id": session.id, "pipeline": session.pipeline_name,
+                **session.stats.snapshot()}
+
+    # --- media in --------------------------------------------------------------------------
+
+    async def _on_bytes(self, data: bytes) -> None:
+        frame_id = None
+        try:
+            if len(data) > self.settings.max_message_bytes:
+                raise StreamError(ErrorCode.MESSAGE_TOO_LARGE, f"binary message of {len(data)} bytes; the limit is {self.settings.max_message_bytes}")
+            header, payload = unpack_media(data)
+            frame_id = header.frame_id
+            if self.session is None:
+                raise StreamError(ErrorCode.NOT_STARTED, "send 'start' before media")
+            if header.kind is MediaKind.VIDEO:
+                self._on_video(header, payload)
+            else:
+                self._on_audio(header, payload)
+        except StreamError as err:
+            await self._send_error(err, frame_id=frame_id)
+
+    def _on_video(self, header: MediaHeader, payload: memoryview) -> None:
+        s = self.settings
+        fmt = header.format_name
+        if fmt not in VIDEO_FORMATS:
+            raise StreamError(ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} is not a picture format; use one of {', '.join(s.allowed_formats)}")
+        if fmt not in s.allowed_formats:
+            raise StreamError(ErrorCode.UNSUPPORTED_FORMAT, f"{fmt} is not accepted here; use one of {', '.join(s.allowed_formats)}")
+        if header.width == 0 or header.height == 0:
+            raise StreamError(ErrorCode.BAD_HEADER, f"frame size {header.width}x{header.height} is empty")
+        if header.width > s.max_frame_width or header.height > s.max_frame_height:
+            raise StreamError(ErrorCode.FRAME_TOO_LARGE,
+                              f"frame {header.width}x{header.height} is larger than {s.max_frame_width}x{s.max_frame_height}")
+        if fmt == "rgb24" and len(payload) != header.width * header.height * 3:
+            raise StreamError(ErrorCode.BAD_HEADER, f"rgb24 payload is {len(payload)} bytes; "
+                              f"{header.width}x{header.height} needs {header.width * header.height * 3}")
+        if not payload:
+            raise StreamError(ErrorCode.BAD_IMAGE, "empty picture payload")
+        now = time.monotonic()
+        self.session.record_received(now)
+        self._decoder.submit(EncodedFrame(payload, fmt, header.width, header.height, header.frame_id, header.pts,
+                                          self.session.id, {"received": now}))
+
+    def _on_audio(self, header: MediaHeader, payload: memoryview) -> None:
+        rate, channels = header.width, header.height
+        if header.format is not MediaFormat.PCM_S16LE:
+            raise StreamError(ErrorCode.UNSUPPORTED_FORMAT, f"audio must be pcm_s16le, not {header.format_name}")
+        if rate not in AUDIO_RATES or not 1 <= channels <= AUDIO_MAX_CHANNELS:
+            raise StreamError(ErrorCode.BAD_HEADER, f"audio at {rate} Hz with {channels} channels is out of range")
+        if not payload or len(payload) % (2 * channels):
+            raise StreamError(ErrorCode.BAD_HEADER, f"audio payload of {len(payload)} bytes is not whole {channels}-channel pcm_s16le frames")
+        samples = np.frombuffer(payload, dtype="<i2").reshape(-1, channels)
+        self.session.touch()
+        self.session.push_audio(AudioChunk(samples, rate, header.frame_id, header.pts, self.session.id, {"received": time.monotonic()}))
+
+    def _on_decode_error(self, err: StreamError, frame_id: int) -> None:
+        self._spawn(self._send_error(err, frame_id=frame_id))
+
+    # --- media out -------------------------------------------------------------------------
+
+    def _sink(self, event: SessionEvent) -> None:
+        """Called by the compute worker: hop onto the event loop."""
+        self._loop.call_soon_threadsafe(self._on_event, event)
+
+    def _on_event(self, event: SessionEvent) -> None:
+        if self._closing:
+            return
+        if isinstance(event, OutputFrame):
+            if len(self._frames) >= OUTPUT_BACKLOG:
+                self._frames.popleft()
+                self.session.count_dropped_output()
+            self._frames.append(event)
+            self._frames_ready.set()
+        elif isinstance(event, OutputAudio):
+            chunk = event.chunk
+            header = MediaHeader(MediaKind.AUDIO, MediaFormat.PCM_S16LE, chunk.chunk_id, chunk.pts, chunk.sample_rate, chunk.channels)
+            self._spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_out))
+        elif isinstance(event, StreamNotice):
+            self._spawn(self._send_error(event.error, frame_id=event.frame_id))
+        elif isinstance(event, SessionClosed):
+            self._spawn(self._closed_by_server(event))
+
+    def _count_audio_out(self) -> None:
+        self.session.stats.count("audio_chunks_out")
+
+    async def _send_frames(self) -> None:
+        fmt = self.output.format
+        while True:
+            await self._frames_ready.wait()
+            self._frames_ready.clear()
+            while self._frames:
+                item = self._frames.popleft()
+                frame = item.frame
+                payload = await self._loop.run_in_executor(self.context.codec_pool, encode_image, frame.image, fmt, self.output.quality)
+                delay = self._pacer.delay(frame.pts, time.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                header = MediaHeader(MediaKind.VIDEO, VIDEO_FORMATS[fmt], frame.frame_id, frame.pts, frame.width, frame.height,
+                                     FLAG_REUSED if item.reused else 0)
+                await self._send_bytes(pack_media(header, payload))
+                frame.stamp("sent")
+                self.session.record_sent(frame)
+
+    async def _send_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval_s)
+            await self._send_json(self._stats_message(None))
+
+    async def _closed_by_server(self, event: SessionClosed) -> None:
+        await self._send_json({"type": "stopped", "request_id": None, "reason": event.reason, "message": event.message,
+                               "stats": self._stats_message(None)})
+        await self._close()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _send_json(self, body: dict) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(body))
+
+    async def _send_bytes(self, data: bytes, on_sent=None) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(data)
+        if on_sent is not None:
+            on_sent()
+
+    async def _send_error(self, err: StreamError, request_id: str | None = None, frame_id: int | None = None) -> None:
+        self.context.metrics.errors.labels(err.code.value).inc()
+        if self.session is not None:
+            self.session.stats.count("errors")
+        body = {"type": "error", **err.to_dict()}
+        if request_id is not None:
+            body["request_id"] = request_id
+        if frame_id is not None:
+            body["frame_id"] = frame_id
+        await self._send_json(body)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(self._guarded(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coroutine) -> None:
+        """Background sends end quietly when the client has gone; other failures are logged."""
+        try:
+            await coroutine
+        except (WebSocketDisconnect, RuntimeError, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("stream task failed")
+
+    async def _close(self) -> None:
+        self._closing = True
+        async with self._send_lock:
+            with contextlib.suppress(RuntimeError, ConnectionError):
+                await self.ws.close(1000)
+
+    def _teardown(self) -> None:
+        """Whatever ended the connection, the session and everything it holds go now."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._decoder is not None:
+            self._decoder.close()
+        if self.session is not None:
+            self.context.sessions.close(self.session.id)

@@ -1,0 +1,142 @@
+"""One stream: its pipeline, parameters, SLO, per-stream pipeline state, input holders and stats.
+
+The event loop writes inputs into the holders; the compute worker owns `state` and `params` and
+reports back through `emit`, which the transport attached to the session turns into messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipelines.base import Pipeline, PipelineKind
+from streaming.errors import StreamError
+from streaming.frames import AudioChunk, VideoFrame
+from streaming.metrics import PipelineMetrics
+from streaming.protocol import SloSpec
+from streaming.slots import AudioFifo, LatestSlot
+from streaming.stats import SessionStats
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFrame:
+    frame: VideoFrame
+    reused: bool = False  # the similarity filter returned the previous output
+
+
+@dataclass(frozen=True, slots=True)
+class OutputAudio:
+    chunk: AudioChunk
+
+
+@dataclass(frozen=True, slots=True)
+class StreamNotice:
+    """An error about one input (a frame the pipeline failed on); the session goes on."""
+
+    error: StreamError
+    frame_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The server ended the session (idle timeout, REST delete, shutdown); `reason` says which."""
+
+    reason: str
+    message: str
+
+
+SessionEvent = OutputFrame | OutputAudio | StreamNotice | SessionClosed
+
+
+def needs_input(pipeline: Pipeline, params: BaseModel) -> bool:
+    """Whether a stream advances on its input frames or on its own clock (text-to-video, txt2img)."""
+    if pipeline.kind is PipelineKind.TEXT_TO_VIDEO:
+        return False
+    return getattr(params, "mode", None) != "txt2img"
+
+
+class Session:
+    def __init__(self, session_id: str, pipeline_name: str, pipeline: Pipeline, params: BaseModel, state: Any,
+                 slo: SloSpec, metrics: PipelineMetrics, audio_buffer_s: float, wake: Callable[[], None]):
+        self.id = session_id
+        self.pipeline_name = pipeline_name
+        self.pipeline = pipeline
+        self.params = params          # owned by the worker once attached
+        self.state = state            # owned by the worker once attached
+        self.slo = slo
+        self.metrics = metrics
+        self.needs_input = needs_input(pipeline, params)
+        self.video_in: LatestSlot[VideoFrame] = LatestSlot()
+        self.audio_in = AudioFifo(audio_buffer_s)
+        self.stats = SessionStats(slo.latency_budget_ms / 1000)
+        self.created_wall = time.time()
+        self.last_activity = time.monotonic()
+        self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
+        self.closed = False
+        self.next_due = time.monotonic()  # next tick of a stream that needs no input
+        self.generated = 0                # frame ids of frames made without input
+        self._wake = wake
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def set_slo(self, slo: SloSpec) -> None:
+        self.slo = slo
+        self.stats.latency_budget_s = slo.latency_budget_ms / 1000
+
+    # --- event loop side -----------------------------------------------------------------
+
+    def record_received(self, at: float) -> None:
+        self.touch()
+        self.stats.record_input(at)
+        self.metrics.frames_received.inc()
+
+    def record_sent(self, frame: VideoFrame) -> None:
+        """Account for an output frame the transport just sent (stamped `sent`)."""
+        first = self.stats.first_output_at is None
+        latency = self.stats.record_sent(frame)
+        self.metrics.frames_sent.inc()
+        if first:
+            self.metrics.time_to_first_frame.observe(frame.timestamps["sent"] - self.stats.created_at)
+        if latency is not None:
+            self.metrics.latency.observe(latency)
+            if latency > self.stats.latency_budget_s:
+                self.metrics.deadline_misses.inc()
+
+    def count_dropped_output(self) -> None:
+        self.stats.count("dropped_output")
+        self.metrics.dropped_output.inc()
+
+    def push_video(self, frame: VideoFrame) -> None:
+        """Hand a decoded input to the worker; an input it has not taken yet is dropped."""
+        frame.stream_id = self.id
+        frame.stamp("queued")
+        if self.video_in.put(frame):
+            self.count_dropped_input()
+        self._wake()
+
+    def count_dropped_input(self) -> None:
+        self.stats.count("dropped_input")
+        self.metrics.dropped_input.inc()
+
+    def push_audio(self, chunk: AudioChunk) -> None:
+        """Queue audio in order; StreamError(audio_overflow) when the buffer is full."""
+        chunk.stream_id = self.id
+        chunk.stamp("queued")
+        try:
+            self.audio_in.put(chunk)
+        except StreamError:
+            self.stats.count("audio_refused")
+            raise
+        self.stats.count("audio_chunks_in")
+        self._wake()
+
+    # --- worker side ---------------------------------------------------------------------
+
+    def emit(self, event: SessionEvent) -> None:
+        if self.sink is not None and not self.closed:
+            self.sink(event)

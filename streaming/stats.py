@@ -1,0 +1,130 @@
+"""Per-session measurements, taken from the stage timestamps every frame carries.
+
+Windows are short (the last few hundred frames, the last two seconds for rates) so a stats
+message describes the stream as it is now, not averaged over its life.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from streaming.frames import VideoFrame
+
+_WINDOW = 512          # frames kept for percentiles
+_RATE_WINDOW_S = 2.0   # seconds over which fps is measured
+
+
+def _ms_percentiles(values: deque[float], quantiles: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    if not values:
+        return {f"p{q}": None for q in quantiles}
+    found = np.percentile(np.fromiter(values, float), quantiles)
+    return {f"p{q}": round(float(v) * 1000, 2) for q, v in zip(quantiles, found)}
+
+
+class _Rate:
+    """Events per second over the last couple of seconds."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def add(self, at: float) -> None:
+        self._times.append(at)
+        self._trim(at)
+
+    def per_second(self, now: float) -> float:
+        self._trim(now)
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(now - self._times[0], 1e-6)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > _RATE_WINDOW_S:
+            self._times.popleft()
+
+
+class SessionStats:
+    """Counters and latency windows of one session. Written by the event loop (arrivals, sends)
+    and by the compute worker (queue wait, model time), hence the lock."""
+
+    def __init__(self, latency_budget_s: float) -> None:
+        self.latency_budget_s = latency_budget_s
+        self.created_at = time.monotonic()
+        self.first_output_at: float | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped_input = 0
+        self.dropped_output = 0
+        self.deadline_misses = 0
+        self.skipped = 0
+        self.errors = 0
+        self.audio_chunks_in = 0
+        self.audio_chunks_out = 0
+        self.audio_refused = 0
+        self._rate_in = _Rate()
+        self._rate_out = _Rate()
+        self._latency: deque[float] = deque(maxlen=_WINDOW)
+        self._queue_wait: deque[float] = deque(maxlen=_WINDOW)
+        self._model: deque[float] = deque(maxlen=_WINDOW)
+        self._lock = threading.Lock()
+
+    def record_input(self, at: float) -> None:
+        with self._lock:
+            self.frames_in += 1
+            self._rate_in.add(at)
+
+    def record_step(self, queue_wait: float | None, model_time: float) -> None:
+        with self._lock:
+            if queue_wait is not None:
+                self._queue_wait.append(queue_wait)
+            self._model.append(model_time)
+
+    def record_sent(self, frame: VideoFrame) -> float | None:
+        """Count a frame that left the server; returns its latency (received to sent) if known."""
+        sent = frame.timestamps["sent"]
+        with self._lock:
+            self.frames_out += 1
+            self._rate_out.add(sent)
+            if self.first_output_at is None:
+                self.first_output_at = sent
+            received = frame.timestamps.get("received")
+            if received is None:
+                return None
+            latency = sent - received
+            self._latency.append(latency)
+            if latency > self.latency_budget_s:
+                self.deadline_misses += 1
+            return latency
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def latency_quantiles(self) -> dict[str, float | None]:
+        with self._lock:
+            return _ms_percentiles(self._latency)
+
+    def snapshot(self) -> dict:
+        now = time.monotonic()
+        with self._lock:
+            ttff = None if self.first_output_at is None else round((self.first_output_at - self.created_at) * 1000, 1)
+            return {
+                "uptime_s": round(now - self.created_at, 3),
+                "time_to_first_frame_ms": ttff,
+                "frames_in": self.frames_in,
+                "frames_out": self.frames_out,
+                "fps_in": round(self._rate_in.per_second(now), 2),
+                "fps_out": round(self._rate_out.per_second(now), 2),
+                "dropped_input": self.dropped_input,
+                "dropped_output": self.dropped_output,
+                "deadline_misses": self.deadline_misses,
+                "skipped": self.skipped,
+                "errors": self.errors,
+                "latency_ms": _ms_percentiles(self._latency),
+                "queue_wait_ms": _ms_percentiles(self._queue_wait),
+                "model_ms": _ms_percentiles(self._model),
+                "audio": {"chunks_in": self.audio_chunks_in, "chunks_out": self.audio_chunks_out, "refused": self.audio_refused},
+            }

@@ -1,0 +1,214 @@
+"""The compute worker: the one thread that touches the device.
+
+It loads and warms the pipelines, then loops: run the commands queued by the event loop
+(create a stream's state, apply an update, drop a stream) at the tick boundary, ask the
+scheduler for a plan, and run each batch through its pipeline's `step`. Results go back to the
+sessions through `Session.emit`; the event loop never waits on a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import numpy as np
+
+from pipelines.base import Pipeline, StepOutput, parse_params
+from streaming.errors import ErrorCode, StreamError
+from streaming.frames import VideoFrame
+from streaming.scheduler import Batch, StreamView, TickPlan, plan_tick
+from streaming.session import OutputAudio, OutputFrame, Session, StreamNotice, needs_input
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_WARMUP_MAX_TICKS = 8
+
+
+class ComputeWorker:
+    def __init__(self, load_pipelines: Callable[[], Mapping[str, Pipeline]], *, warmup: bool = True, max_batch: int = 16):
+        self._load_pipelines = load_pipelines
+        self._warmup = warmup
+        self.max_batch = max_batch
+        self.pipelines: dict[str, Pipeline] = {}
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self.finished_loading = threading.Event()   # set on success and on failure
+        self._sessions: dict[str, Session] = {}      # worker thread only
+        self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="compute-worker", daemon=True)
+
+    # --- called from any thread ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` on the worker thread at the next tick boundary (never during a step)."""
+        future: Future[T] = Future()
+        self._commands.append((fn, future))
+        self._wake.set()
+        return future
+
+    def attach(self, session: Session) -> Future[None]:
+        return self.call(lambda: self._sessions.__setitem__(session.id, session))
+
+    def detach(self, session_id: str) -> Future[None]:
+        """Forget a stream; its state (and the device memory it holds) goes with the last reference."""
+        return self.call(lambda: self._forget(session_id))
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.pipelines = dict(self._load_pipelines())
+            if self._warmup:
+                for name, pipeline in self.pipelines.items():
+                    started = time.perf_counter()
+                    warm_up(pipeline)
+                    log.info("warmed %s in %.2f s", name, time.perf_counter() - started)
+        except BaseException as err:  # noqa: BLE001 - reported through /health and `serve`
+            log.exception("loading the pipelines failed")
+            self.failed = err
+            self.finished_loading.set()
+            return
+        self.ready.set()
+        self.finished_loading.set()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                plan = self._tick()
+            except Exception:  # noqa: BLE001 - a bug in one tick must not stop every stream
+                log.exception("compute tick failed")
+                self._wake.wait(0.1)
+                continue
+            if not plan.batches:
+                self._wake.wait(None if plan.wake_at is None else max(0.0, plan.wake_at - time.monotonic()))
+        self._run_commands()  # let pending callers see a result rather than hang
+
+    def _tick(self) -> TickPlan:
+        self._run_commands()
+        self._forward_audio()
+        views = [StreamView(s.id, s.pipeline_name, s.needs_input, bool(s.video_in), s.next_due) for s in self._sessions.values()]
+        plan = plan_tick(views, time.monotonic(), self.max_batch)
+        for batch in plan.batches:
+            self._run_batch(batch)
+        return plan
+
+    def _forget(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.state = None  # the transport may still hold the session object for a moment
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            fn, future = self._commands.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - handed to the caller
+                future.set_exception(err)
+
+    def _forward_audio(self) -> None:
+        # No pipeline consumes audio yet: it is kept and returned in order, like the render path.
+        for session in self._sessions.values():
+            for chunk in session.audio_in.drain():
+                session.emit(OutputAudio(chunk))
+
+    def _run_batch(self, batch: Batch) -> None:
+        pipeline = self.pipelines[batch.pipeline]
+        started = time.monotonic()
+        entries: list[tuple[Session, VideoFrame | None]] = []
+        for session_id in batch.session_ids:
+            session = self._sessions[session_id]
+            if session.needs_input:
+                frame = session.video_in.take()
+                if frame is None:
+                    continue
+                frame.stamp("started", started)
+            else:
+                frame = None
+                period = 1.0 / session.slo.target_fps
+                session.next_due = max(session.next_due + period, started - period)
+            entries.append((session, frame))
+        if not entries:
+            return
+        outputs = self._step(pipeline, entries)
+        finished = time.monotonic()
+        pipeline_metrics = entries[0][0].metrics
+        pipeline_metrics.model_time.observe(finished - started)
+        pipeline_metrics.batch_size.observe(len(entries))
+        for (session, frame), output in zip(entries, outputs):
+            if output is None:
+                continue
+            if output.error is not None:
+                session.stats.count("errors")
+                session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), None if frame is None else frame.frame_id))
+            queue_wait = None if frame is None else started - frame.timestamps.get("queued", started)
+            session.stats.record_step(queue_wait, finished - started)
+            if queue_wait is not None:
+                session.metrics.queue_wait.observe(queue_wait)
+            if output.skipped:
+                session.stats.count("skipped")
+            if frame is not None and not output.consumed:
+                session.video_in.put_back(frame)
+            for out in output.frames:
+                self._deliver(session, out, frame is None, output.skipped, started, finished)
+
+    def _step(self, pipeline: Pipeline, entries: list[tuple[Session, VideoFrame | None]]) -> list[StepOutput | None]:
+        """One batched step; if it fails, each stream is retried alone so that one stream's bad
+        input costs only that stream its frame."""
+        try:
+            return pipeline.step([(s.state, f) for s, f in entries])
+        except Exception as err:  # noqa: BLE001 - reported to the stream, the server goes on
+            if len(entries) == 1:
+                session, frame = entries[0]
+                log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)
+                session.stats.count("errors")
+                session.emit(StreamNotice(StreamError(ErrorCode.INTERNAL, f"{pipeline.name} failed on this frame: {err}"),
+                                          None if frame is None else frame.frame_id))
+                return [None]
+            return [self._step(pipeline, [entry])[0] for entry in entries]
+
+    @staticmethod
+    def _deliver(session: Session, out: VideoFrame, generated: bool, reused: bool, started: float, finished: float) -> None:
+        out.stream_id = session.id
+        if generated:
+            # Frames made without input get their identity here: ids count up, pts is the tick time.
+            out.frame_id = session.generated
+            out.pts = started - session.stats.created_at
+            session.generated += 1
+            out.timestamps.setdefault("received", started)
+            out.stamp("started", started)
+        out.stamp("finished", finished)
+        session.emit(OutputFrame(out, reused))
+
+
+def warm_up(pipeline: Pipeline) -> None:
+    """Run one throwaway stream until it produces a frame, so the first real client does not pay
+    for lazy initialisation (kernel selection, allocator growth, compiled graphs)."""
+    params = parse_params(pipeline.params_model, None)
+    state = pipeline.new_state(params, stream_id="warmup")
+    width, height = getattr(params, "width", 64), getattr(params, "height", 64)
+    frame = VideoFrame(np.full((height, width, 3), 127, np.uint8), frame_id=0, pts=0.0, stream_id="warmup") if needs_input(pipeline, params) else None
+    for _ in range(_WARMUP_MAX_TICKS):
+        if pipeline.step([(state, frame)])[0].frames:
+            return

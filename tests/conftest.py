@@ -1,0 +1,51 @@
+"""Shared test helpers: a real server on 127.0.0.1 (free port), uvicorn in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+
+import pytest
+import uvicorn
+
+from app.serve import uvicorn_config
+from app.server import create_app
+from app.settings import Settings
+from pipelines.base import Pipeline
+
+
+def make_settings(**overrides) -> Settings:
+    """Settings for a test server: no .env, no warm-up, quiet logs, then the test's own values."""
+    return Settings(_env_file=None, **{"warmup": False, "log_level": "warning", **overrides})
+
+
+@contextmanager
+def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pipeline]] | None = None) -> Iterator[str]:
+    """Run the real app on a free port; yields its base URL once the pipelines are loaded."""
+    app = create_app(settings, load_pipelines)
+    server = uvicorn.Server(uvicorn_config(app, settings, port=0))
+    thread = threading.Thread(target=server.run, name="test-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (server.started and app.state.context.worker.finished_loading.is_set()):
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise TimeoutError("test server did not start")
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., str]]:
+    """Start servers inside a test: `base_url = server_factory({"name": pipeline}, max_sessions=2)`."""
+    with ExitStack() as stack:
+        def start(pipelines: Mapping[str, Pipeline], **overrides) -> str:
+            return stack.enter_context(serve_in_thread(make_settings(**overrides), lambda: pipelines))
+
+        yield start

@@ -1,0 +1,85 @@
+"""Pipelines for server tests: real contract, no model, behaviour a test can see in the pixels.
+
+`TintPipeline` blends each input towards a colour derived from its prompt, so a test can tell
+which prompt (and which session's parameters) produced a frame; it can be slowed down to model
+a pipeline slower than the input, and made to fail on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from streaming.frames import VideoFrame
+
+FAIL_PROMPT = "fail"  # a stream with this prompt makes step raise
+
+
+def prompt_color(prompt: str) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(prompt.encode()).digest()[:3], np.uint8).astype(np.float32)
+
+
+class TintParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["img2img", "txt2img"] = Field("img2img", json_schema_extra={"update": "reset"})
+    prompt: str = Field("", max_length=200, json_schema_extra={"update": "hot"}, description="Picks the tint colour.")
+    strength: float = Field(1.0, ge=0.0, le=1.0, json_schema_extra={"update": "hot"})
+    width: int = Field(64, ge=16, le=512, json_schema_extra={"update": "reset"})
+    height: int = Field(64, ge=16, le=512, json_schema_extra={"update": "reset"})
+
+
+@dataclass(eq=False)
+class TintState:
+    params: TintParams
+    stream_id: str
+
+
+class TintPipeline:
+    kind = PipelineKind.VIDEO_TO_VIDEO
+    params_model = TintParams
+
+    def __init__(self, name: str = "tint", delay_s: float = 0.0):
+        self.name = name
+        self.delay_s = delay_s  # per step, whatever the batch size (as on a GPU)
+        self.live_states: weakref.WeakSet[TintState] = weakref.WeakSet()
+        self.batch_sizes: list[int] = []
+
+    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> TintState:
+        state = TintState(parse_params(TintParams, params), stream_id)
+        self.live_states.add(state)
+        return state
+
+    def update(self, state: TintState, changes: Mapping[str, Any]) -> UpdateResult:
+        new = merge_params(state.params, changes)
+        applied = [k for k in changes if getattr(new, k) != getattr(state.params, k)]
+        state.params = new
+        return UpdateResult(applied=applied, reset=any(update_class_of(TintParams, k) is UpdateClass.RESET for k in applied))
+
+    def step(self, batch: Sequence[tuple[TintState, VideoFrame | None]]) -> list[StepOutput]:
+        self.batch_sizes.append(len(batch))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if any(state.params.prompt == FAIL_PROMPT for state, _ in batch):
+            raise RuntimeError("asked to fail")
+        outputs = []
+        for state, frame in batch:
+            p = state.params
+            color = prompt_color(p.prompt)
+            if frame is None:
+                image = np.broadcast_to(color.astype(np.uint8), (p.height, p.width, 3)).copy()
+                outputs.append(StepOutput(frames=[VideoFrame(image, 0, None, state.stream_id)]))
+            else:
+                image = ((1 - p.strength) * frame.image + p.strength * color).round().astype(np.uint8)
+                outputs.append(StepOutput(frames=[frame.with_image(image)]))
+        return outputs
+
+    def in_flight(self, state: TintState) -> int:
+        return 0

@@ -1,0 +1,257 @@
+// latentcast browser demo: camera or screen -> WebSocket stream -> generated video beside it.
+import { buildControls } from "./controls.js";
+import { FLAG_REUSED, FORMAT, KIND, MIME, PROTOCOL_VERSION, packMedia, unpackMedia } from "./protocol.js";
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token");
+const MAX_BUFFERED = 1 << 20; // bytes queued in the socket before capture skips a frame
+const MAX_SIDE = 640;         // captured frames are scaled down to this when the pipeline has no size
+
+// Everything a person or a test wants to know about the stream, in one place.
+const demo = (window.latentcast = {
+  status: "idle", sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
+  acks: [], errors: [], lastAck: null, stats: null, latencyMs: [],
+});
+
+let pipelines = [];
+let controls = null;
+let socket = null;
+let source = null;
+let captureTimer = null;
+let params = {};           // parameters in force (from `started` and each `ack`)
+let changed = {};          // edited before start: sent with `start`
+let nextFrameId = 0;
+let nextRequest = 0;
+const pendingUpdates = new Map(); // request id -> field name
+const outputTimes = [];
+
+async function api(path, options = {}) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { ...options, headers: { ...headers, ...options.headers } });
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function setStatus(status, detail = "") {
+  demo.status = status;
+  $("status").textContent = detail ? `${status}: ${detail}` : status;
+  $("status").dataset.state = status;
+  $("start").disabled = status === "connecting" || status === "streaming";
+  $("stop").disabled = !(status === "connecting" || status === "streaming");
+}
+
+function logError(message) {
+  demo.errors.push(message);
+  const line = document.createElement("li");
+  line.textContent = message;
+  $("log").prepend(line);
+  while ($("log").children.length > 6) $("log").lastChild.remove();
+}
+
+function showPipeline(name) {
+  const pipeline = pipelines.find((p) => p.name === name);
+  params = { ...pipeline.defaults };
+  changed = {};
+  controls = buildControls($("params"), pipeline.params_schema, pipeline.defaults, onParamChange);
+}
+
+// Last value wins: a field edited again before its update went out replaces the earlier value.
+const debounced = new Map();
+function onParamChange(name, value) {
+  if (!socket || demo.status !== "streaming") {
+    changed[name] = value;
+    return;
+  }
+  clearTimeout(debounced.get(name));
+  debounced.set(name, setTimeout(() => sendUpdate({ [name]: value }), 200));
+}
+
+function sendUpdate(changes) {
+  const requestId = `u${++nextRequest}`;
+  for (const name of Object.keys(changes)) {
+    pendingUpdates.set(requestId, name);
+    controls.setStatus(name, "pending", "…");
+  }
+  socket.send(JSON.stringify({ type: "update", request_id: requestId, params: changes }));
+}
+
+async function openSource(kind) {
+  if (kind === "none") return null;
+  const media = kind === "screen" ? navigator.mediaDevices.getDisplayMedia({ video: true })
+    : navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  const stream = await media;
+  $("input").srcObject = stream;
+  await $("input").play();
+  return stream;
+}
+
+async function start() {
+  setStatus("connecting");
+  demo.framesSent = demo.framesReceived = 0;
+  try {
+    source = await openSource($("source").value);
+  } catch (err) {
+    setStatus("error", `capture failed: ${err.message}`);
+    return;
+  }
+  const url = new URL("v1/stream", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  if (token) url.searchParams.set("token", token);
+  socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => {
+    socket.send(JSON.stringify({
+      type: "start", version: PROTOCOL_VERSION, request_id: "start", pipeline: $("pipeline").value, params: changed,
+      slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) },
+      output: { format: "jpeg", quality: 80 },
+    }));
+  };
+  socket.onmessage = (event) => (typeof event.data === "string" ? onControl(JSON.parse(event.data)) : onMedia(event.data));
+  socket.onclose = (event) => {
+    stopCapture();
+    if (demo.status !== "error") setStatus("stopped", event.reason || (event.code === 1008 || event.code === 1006 ? "connection refused or lost" : ""));
+    socket = null;
+  };
+}
+
+function onControl(message) {
+  switch (message.type) {
+    case "started":
+      demo.sessionId = message.session_id;
+      params = message.params;
+      controls.setValues(params);
+      setStatus("streaming", `session ${message.session_id} on ${message.pipeline}`);
+      if (source && message.needs_input) startCapture();
+      break;
+    case "ack": {
+      demo.acks.push(message);
+      demo.lastAck = message;
+      params = message.params;
+      const name = pendingUpdates.get(message.request_id);
+      pendingUpdates.delete(message.request_id);
+      controls.setValues(params);
+      if (name) controls.setStatus(name, "ok", message.update_class === "reset" ? "✓ reset" : "✓");
+      break;
+    }
+    case "error": {
+      const name = pendingUpdates.get(message.request_id);
+      pendingUpdates.delete(message.request_id);
+      if (name) controls.setStatus(name, "error", message.message);
+      logError(`${message.code}: ${message.message}`);
+      if (message.request_id === "start") setStatus("error", message.message);
+      break;
+    }
+    case "stats":
+      demo.stats = message;
+      showStats();
+      break;
+    case "stopped":
+      setStatus("stopped", message.reason);
+      break;
+  }
+}
+
+async function onMedia(buffer) {
+  const { header, payload } = unpackMedia(buffer);
+  if (header.kind !== KIND.video || !MIME[header.format]) return;
+  const now = performance.now();
+  if (header.pts !== null && header.pts * 1000 <= now) {
+    demo.latencyMs.push(now - header.pts * 1000); // pts is this page's clock when the input was captured
+    if (demo.latencyMs.length > 120) demo.latencyMs.shift();
+  }
+  outputTimes.push(now);
+  while (outputTimes.length && now - outputTimes[0] > 2000) outputTimes.shift();
+  demo.framesReceived += 1;
+  if (header.flags & FLAG_REUSED) demo.reused += 1;
+  const bitmap = await createImageBitmap(new Blob([payload], { type: MIME[header.format] }));
+  const canvas = $("output");
+  if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) Object.assign(canvas, { width: bitmap.width, height: bitmap.height });
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  bitmap.close();
+}
+
+function captureSize(video) {
+  if (params.width && params.height) return [params.width, params.height];
+  const scale = Math.min(1, MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
+  return [Math.round(video.videoWidth * scale), Math.round(video.videoHeight * scale)];
+}
+
+function startCapture() {
+  const video = $("input");
+  const canvas = document.createElement("canvas");
+  const context = canvas.getContext("2d");
+  const capture = () => {
+    captureTimer = setTimeout(capture, 1000 / Number($("fps").value));
+    if (!socket || socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED) return;
+    if (params.mode === "txt2img" || !video.videoWidth) return;
+    const [width, height] = captureSize(video);
+    canvas.width = width;
+    canvas.height = height;
+    // Centre crop to the target's aspect ratio, as the pipeline would.
+    const scale = Math.max(width / video.videoWidth, height / video.videoHeight);
+    const sw = width / scale, sh = height / scale;
+    context.drawImage(video, (video.videoWidth - sw) / 2, (video.videoHeight - sh) / 2, sw, sh, 0, 0, width, height);
+    const pts = performance.now() / 1000;
+    const frameId = nextFrameId++;
+    canvas.toBlob(async (blob) => {
+      if (!blob || !socket || socket.readyState !== WebSocket.OPEN) return;
+      const header = { kind: KIND.video, format: FORMAT.jpeg, frameId, pts, width, height };
+      socket.send(packMedia(header, await blob.arrayBuffer()));
+      demo.framesSent += 1;
+    }, "image/jpeg", 0.85);
+  };
+  capture();
+}
+
+function stopCapture() {
+  clearTimeout(captureTimer);
+  captureTimer = null;
+  for (const track of source?.getTracks() ?? []) track.stop();
+  source = null;
+}
+
+function stop() {
+  if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop", request_id: "stop" }));
+  stopCapture();
+}
+
+function percentile(values, q) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function showStats() {
+  const s = demo.stats ?? {};
+  const fpsOut = outputTimes.length > 1 ? (outputTimes.length - 1) / ((outputTimes.at(-1) - outputTimes[0]) / 1000) : 0;
+  const latency = percentile(demo.latencyMs, 0.5);
+  const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+  $("stats").textContent = [
+    `out ${fmt(fpsOut, 1)} fps · in ${fmt(s.fps_in, 1)} fps`,
+    `latency ${fmt(latency)} ms (server p50 ${fmt(s.latency_ms?.p50)} / p95 ${fmt(s.latency_ms?.p95)} ms, model ${fmt(s.model_ms?.p50)} ms)`,
+    `dropped ${s.dropped_input ?? 0} in / ${s.dropped_output ?? 0} out · skipped ${s.skipped ?? 0} · deadline misses ${s.deadline_misses ?? 0}`,
+  ].join("\n");
+}
+
+async function init() {
+  setStatus("loading");
+  const health = await fetch("health", { headers: token ? { Authorization: `Bearer ${token}` } : {} }).then((r) => r.json()).catch(() => null);
+  if (health?.status !== "ready") {
+    setStatus("loading", health?.status === "failed" ? health.error : "models are loading…");
+    setTimeout(init, 1000);
+    return;
+  }
+  const list = await api("v1/pipelines");
+  pipelines = list.pipelines;
+  $("pipeline").replaceChildren(...pipelines.map((p) => new Option(`${p.name} (${p.kind})`, p.name)));
+  $("pipeline").value = list.default;
+  showPipeline(list.default);
+  $("pipeline").addEventListener("change", () => showPipeline($("pipeline").value));
+  $("start").addEventListener("click", start);
+  $("stop").addEventListener("click", stop);
+  if (!navigator.mediaDevices?.getDisplayMedia) $("source").querySelector("[value=screen]").disabled = true;
+  setInterval(showStats, 500);
+  setStatus("idle");
+}
+
+init();

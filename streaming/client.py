@@ -17,6 +17,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -64,10 +65,11 @@ class ReceivedAudio:
 
 
 def stream_url(base: str) -> str:
-    """ws(s)://host/v1/stream from an http(s) or ws(s) base URL."""
-    if base.startswith("http"):
-        base = "ws" + base[4:]
-    return base if base.rstrip("/").endswith("/v1/stream") else base.rstrip("/") + "/v1/stream"
+    """ws(s)://host/v1/stream from an http(s) or ws(s) base URL (a query, such as ?token=, is kept)."""
+    url = urlsplit(base)
+    scheme = {"http": "ws", "https": "wss"}.get(url.scheme, url.scheme)
+    path = url.path if url.path.rstrip("/").endswith("/v1/stream") else url.path.rstrip("/") + "/v1/stream"
+    return urlunsplit((scheme, url.netloc, path, url.query, ""))
 
 
 class StreamClient:

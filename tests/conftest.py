@@ -22,15 +22,17 @@ def make_settings(**overrides) -> Settings:
 
 
 @contextmanager
-def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pipeline]] | None = None) -> Iterator[str]:
-    """Run the real app on a free port; yields its base URL once the pipelines are loaded."""
+def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pipeline]] | None = None,
+                    wait_loaded: bool = True) -> Iterator[str]:
+    """Run the real app on a free port; yields its base URL once it listens and (unless told
+    not to wait) the pipelines are loaded."""
     app = create_app(settings, load_pipelines)
     server = uvicorn.Server(uvicorn_config(app, settings, port=0))
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 120
-        while not (server.started and app.state.context.worker.finished_loading.is_set()):
+        while not (server.started and (app.state.context.worker.finished_loading.is_set() or not wait_loaded)):
             if time.monotonic() > deadline or not thread.is_alive():
                 raise TimeoutError("test server did not start")
             time.sleep(0.02)
@@ -43,9 +45,11 @@ def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str
 
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., str]]:
-    """Start servers inside a test: `base_url = server_factory({"name": pipeline}, max_sessions=2)`."""
+    """Start servers inside a test: `base_url = server_factory({"name": pipeline}, max_sessions=2)`
+    (or a loader function instead of the mapping)."""
     with ExitStack() as stack:
-        def start(pipelines: Mapping[str, Pipeline], **overrides) -> str:
-            return stack.enter_context(serve_in_thread(make_settings(**overrides), lambda: pipelines))
+        def start(pipelines: Mapping[str, Pipeline] | Callable[[], Mapping[str, Pipeline]], wait_loaded: bool = True, **overrides) -> str:
+            load = pipelines if callable(pipelines) else lambda: pipelines
+            return stack.enter_context(serve_in_thread(make_settings(**overrides), load, wait_loaded))
 
         yield start

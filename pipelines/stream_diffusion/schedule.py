@@ -75,6 +75,8 @@ def noise_from_model_output(output: torch.Tensor, x: torch.Tensor, tables: StepT
         return output
     if prediction_type == "v_prediction":
         return tables.alpha * output + tables.beta * x
+    if prediction_type == "sample":  # the model predicts x0 directly
+        return (x - tables.alpha * output) / tables.beta
     raise ValueError(f"unsupported prediction type {prediction_type!r}")
 
 

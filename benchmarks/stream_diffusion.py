@@ -1,0 +1,138 @@
+"""Stream-batched diffusion: speed of the pipeline, measured side by side in one run.
+
+    python -m benchmarks.stream_diffusion                       # CPU, tiny preset, small sizes
+    python -m benchmarks.stream_diffusion --preset sd-turbo --random-weights --device cuda --size 512
+
+Prints three tables:
+1. img2img and txt2img at 1-4 steps: frames per second and per-frame latency (input in ->
+   its output out; with Stream Batch a frame leaves after N calls).
+2. Stream Batch against sequential denoising of the same frames (N UNet calls per frame).
+3. 1, 2 and 4 streams batched into one step against the same streams stepped one after another.
+Absolute times on a shared CPU are noisy; the ratios compare runs made back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from pipelines.registry import ModelOptions, load_pipeline
+from pipelines.stream_diffusion.reference import denoise_sequential
+from streaming.frames import VideoFrame
+
+SCHEDULES = {1: [35], 2: [32, 45], 3: [20, 32, 45], 4: [0, 16, 32, 45]}
+
+
+def frames_for(size: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return [np.roll(base, 4 * k, axis=1) for k in range(count)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_stream(pipe, params: dict, frames: list[np.ndarray], warmup: int) -> tuple[float, float]:
+    """(seconds per frame in steady state, seconds from a frame's entry to its output)."""
+    state = pipe.new_state(params)
+    txt2img = params["mode"] == "txt2img"
+    entered, latencies = {}, []
+    for k in range(warmup):
+        pipe.step([(state, None if txt2img else VideoFrame(frames[k % len(frames)], -1 - k))])
+    sync(pipe.models.device)
+    start = time.perf_counter()
+    for k, image in enumerate(frames):
+        frame = VideoFrame(image, k)
+        entered[k] = time.perf_counter()
+        result = pipe.step([(state, frame if not txt2img else VideoFrame(np.empty((0, 0, 3), np.uint8), k))])[0]
+        now = time.perf_counter()
+        latencies += [now - entered[f.frame_id] for f in result.frames if f.frame_id in entered]
+    elapsed = time.perf_counter() - start
+    return elapsed / len(frames), float(np.median(latencies))
+
+
+def time_sequential(pipe, params: dict, frames: list[np.ndarray]) -> float:
+    """Seconds per frame when each frame is denoised alone through its N steps."""
+    state = pipe.new_state(params)
+    decode = pipe.models.decode_latents
+    denoise_sequential(pipe, state, frames[0])  # warm-up
+    start = time.perf_counter()
+    for image in frames:
+        decode(denoise_sequential(pipe, state, image)).cpu()
+    return (time.perf_counter() - start) / len(frames)
+
+
+def time_streams(pipe, params: dict, frames: list[np.ndarray], count: int, batched: bool) -> float:
+    """Seconds per tick (every stream advanced by one frame)."""
+    states = [pipe.new_state({**params, "seed": s}) for s in range(count)]
+    for k in range(3):
+        pipe.step([(s, VideoFrame(frames[k], k)) for s in states])
+    start = time.perf_counter()
+    for k, image in enumerate(frames):
+        if batched:
+            pipe.step([(s, VideoFrame(image, k)) for s in states])
+        else:
+            for s in states:
+                pipe.step([(s, VideoFrame(image, k))])
+    sync(pipe.models.device)
+    return (time.perf_counter() - start) / len(frames)
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--size", type=int, default=128, help="square frame side in pixels")
+    parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    pipe = load_pipeline("stream-diffusion", ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights))
+    load_s = time.perf_counter() - start
+    device = pipe.models.device
+    frames = frames_for(args.size, args.frames)
+    base = {"width": args.size, "height": args.size, "prompt": "a watercolor landscape", "cfg_type": "none"}
+
+    print(f"# stream-diffusion benchmark: preset {args.preset}{' (random weights)' if args.random_weights else ''}, "
+          f"{args.size}x{args.size}, {pipe.models.dtype}, {describe_machine(device)}; models ready in {load_s:.2f} s\n")
+
+    print("| mode | steps | fps | ms/frame | frame latency ms |")
+    print("|---|---|---|---|---|")
+    for mode in ("img2img", "txt2img"):
+        for steps, schedule in SCHEDULES.items():
+            per_frame, latency = time_stream(pipe, {**base, "mode": mode, "t_index_list": schedule}, frames, warmup=steps + 1)
+            print(f"| {mode} | {steps} | {1 / per_frame:.1f} | {per_frame * 1e3:.1f} | {latency * 1e3:.1f} |")
+
+    print("\n| steps | stream batch ms/frame | sequential ms/frame | speed-up |")
+    print("|---|---|---|---|")
+    for steps in (2, 3, 4):
+        params = {**base, "mode": "img2img", "t_index_list": SCHEDULES[steps]}
+        batched, _ = time_stream(pipe, params, frames, warmup=steps + 1)
+        sequential = time_sequential(pipe, params, frames)
+        print(f"| {steps} | {batched * 1e3:.1f} | {sequential * 1e3:.1f} | {sequential / batched:.2f}x |")
+
+    print("\n| streams | batched ms/tick | one after another ms/tick | speed-up |")
+    print("|---|---|---|---|")
+    params = {**base, "mode": "img2img", "t_index_list": SCHEDULES[2]}
+    for count in (1, 2, 4):
+        batched = time_streams(pipe, params, frames, count, batched=True)
+        apart = time_streams(pipe, params, frames, count, batched=False)
+        print(f"| {count} | {batched * 1e3:.1f} | {apart * 1e3:.1f} | {apart / batched:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

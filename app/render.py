@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from app.cli import add_model_arguments, settings_from_args
 from pipelines.base import ParamError, Pipeline, PipelineKind, validation_to_param_error
-from pipelines.registry import ModelOptions, load_pipeline
+from pipelines.registry import ModelOptions, UnknownPipelineError, load_pipeline
 from streaming.frames import VideoFrame
 from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
 
@@ -73,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--filter-max-skip", type=int, help="similarity filter: most frames skipped in a row")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the input's, rounded down to 8)")
-    out.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the input's, rounded down to 8)")
+    out.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the input's rounded down to 8, "
+                     "or from --height keeping the input's aspect; the preset's for txt2img)")
+    out.add_argument("--height", type=int, help="output height, a multiple of 8 (default: like --width)")
     out.add_argument("--fps", type=_frame_rate, metavar="RATE",
                      help="output frame rate, e.g. 12 or 30000/1001 (default: the input's timing; 24 for txt2img)")
     out.add_argument("--frames", type=int, help="number of frames to generate without an input (txt2img)")
@@ -97,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{err}; leave the input's audio out with --no-audio")
     except MediaFileError as err:
         return _fail(str(err))
-    except (ValueError, OSError, RuntimeError) as err:  # model loading and compute (e.g. out of memory)
+    except UnknownPipelineError as err:
+        return _fail(str(err), status=2)
+    except ValueError as err:  # unknown preset, missing weights: the loaders' messages say it all
+        return _fail(str(err))
+    except (OSError, RuntimeError) as err:  # model files, devices, out of memory
         return _fail(f"{type(err).__name__}: {err}")
     except KeyboardInterrupt:
         return _fail("interrupted; no output written", status=130)

@@ -9,6 +9,7 @@ interrupted render never leaves a partial file behind.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
@@ -36,8 +37,9 @@ class NoAudioError(MediaFileError):
 
 @dataclass(frozen=True)
 class VideoFileInfo:
-    """What a file says about its first video stream. `frame_count` and `duration` may be
-    estimates (containers do not always store them) and are None when nothing tells them."""
+    """What a file says about its first video stream. `width` and `height` are the upright
+    picture's, as a player shows it. `frame_count` and `duration` may be estimates (containers
+    do not always store them) and are None when nothing tells them."""
 
     width: int
     height: int
@@ -46,10 +48,17 @@ class VideoFileInfo:
     frame_count: int | None
     duration: float | None
     has_audio: bool
+    rotation: int = 0
+    """Counter-clockwise degrees (a multiple of 90) the reader turns each picture to make it
+    upright: phones store portrait video sideways with a display rotation."""
 
 
 class VideoFileReader:
-    """Decodes the first video stream of a file. Opening checks that there is one."""
+    """Decodes the first video stream of a file into upright RGB frames.
+
+    Opening decodes the first frame, so a file that cannot give a single picture is refused
+    before any other work starts.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -61,17 +70,27 @@ class VideoFileReader:
             self._container = av.open(str(self.path))
         except (av.FFmpegError, OSError) as err:
             raise MediaFileError(f"{self.path}: not a readable media file ({_reason(err)})") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise MediaFileError(f"{self.path}: has no video stream")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        self.info = self._describe()
-        if self.info.width <= 0 or self.info.height <= 0:
+        try:
+            if not self._container.streams.video:
+                raise MediaFileError(f"{self.path}: has no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._decoded = self._decode()
+            self._first = next(self._decoded, None)
+            if self._first is None:
+                raise MediaFileError(f"{self.path}: has no video frames")
+            self.info = self._describe(self._first)
+        except BaseException:
             self.close()
-            raise MediaFileError(f"{self.path}: the video stream has no picture size")
+            raise
 
-    def _describe(self) -> VideoFileInfo:
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        try:
+            yield from self._container.decode(self._stream)
+        except av.FFmpegError as err:
+            raise MediaFileError(f"{self.path}: decoding failed ({_reason(err)})") from None
+
+    def _describe(self, first: av.VideoFrame) -> VideoFileInfo:
         stream, container = self._stream, self._container
         rate = stream.average_rate or stream.guessed_rate or FALLBACK_FRAME_RATE
         time_base = stream.time_base or 1 / rate
@@ -82,28 +101,34 @@ class VideoFileReader:
         else:
             duration = None
         frame_count = stream.frames or (round(duration * rate) if duration else None)
+        rotation = first.rotation if first.rotation % 90 == 0 else 0
+        sideways = rotation % 180 != 0
         return VideoFileInfo(
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            width=first.height if sideways else first.width,
+            height=first.width if sideways else first.height,
             frame_rate=Fraction(rate),
             time_base=Fraction(time_base),
             frame_count=frame_count,
             duration=duration,
             has_audio=bool(container.streams.audio),
+            rotation=rotation,
         )
 
     def frames(self, width: int, height: int) -> Iterator[VideoFrame]:
-        """Every decoded frame, scaled to width x height, numbered from 0, pts in seconds."""
-        period = 1 / self.info.frame_rate
+        """Every decoded frame, upright, scaled to width x height, numbered from 0, pts in seconds.
+
+        The file is decoded once: iterate this once."""
+        turns = self.info.rotation // 90
+        stored_width, stored_height = (height, width) if turns % 2 else (width, height)
+        period = float(1 / self.info.frame_rate)
         pts = None
-        try:
-            for index, decoded in enumerate(self._container.decode(self._stream)):
-                # Frames without a timestamp follow the previous one by one frame period.
-                pts = decoded.time if decoded.time is not None else (0.0 if pts is None else pts + float(period))
-                image = decoded.to_ndarray(format="rgb24", width=width, height=height)
-                yield VideoFrame(image, index, pts)
-        except av.FFmpegError as err:
-            raise MediaFileError(f"{self.path}: decoding failed ({_reason(err)})") from None
+        for index, decoded in enumerate(itertools.chain([self._first], self._decoded)):
+            # Frames without a timestamp follow the previous one by one frame period.
+            pts = decoded.time if decoded.time is not None else (0.0 if pts is None else pts + period)
+            image = decoded.to_ndarray(format="rgb24", width=stored_width, height=stored_height)
+            if turns:
+                image = np.ascontiguousarray(np.rot90(image, turns))
+            yield VideoFrame(image, index, pts)
 
     def close(self) -> None:
         self._container.close()
@@ -213,11 +238,11 @@ class VideoFileWriter:
         frame.time_base = self._time_base
         try:
             self._container.mux(self._video.encode(frame))
+            if self._audio is not None:
+                self._audio.mux_until(pts)
         except av.FFmpegError as err:
-            raise MediaFileError(f"{self.path}: encoding {self._video.codec_context.codec.name} failed ({_reason(err)})") from None
+            raise MediaFileError(f"{self.path}: writing failed ({_reason(err)})") from None
         self.frames_written += 1
-        if self._audio is not None:
-            self._audio.mux_until(pts)
 
     def _add_video_stream(self, width: int, height: int) -> av.VideoStream:
         container = self._container

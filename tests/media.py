@@ -29,12 +29,13 @@ def noisy_tone(seconds: float, rate: int = 48000, hz: float = 440.0, seed: int =
 
 
 def make_clip(path: Path, *, width: int = 96, height: int = 64, frames: int = 12, fps: int | Fraction = 12,
-              frame_times: list[float] | None = None, video_codec: str = "libx264",
+              frame_times: list[float] | None = None, display_rotation: int = 0, video_codec: str = "libx264",
               audio_codec: str | None = "aac", audio_rate: int = 48000) -> Path:
     """Write a short clip: moving pictures and, when `audio_codec` is given, a noisy tone as long as the video.
 
     Frames are `1/fps` apart, or at `frame_times` (seconds, for variable frame rate; `frames` is
-    then their count and the last one lasts 1/fps).
+    then their count and the last one lasts 1/fps). `display_rotation` (counter-clockwise
+    degrees) tags the stream the way phones tag portrait video stored sideways.
     """
     period = 1 / Fraction(fps)
     if frame_times is None:
@@ -46,6 +47,8 @@ def make_clip(path: Path, *, width: int = 96, height: int = 64, frames: int = 12
         video = container.add_stream(video_codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.time_base = time_base
+        if display_rotation:
+            video.set_display_rotation(display_rotation)
         if audio_codec is not None:
             write_tone(container, container.add_stream(audio_codec, rate=audio_rate, layout="mono"), duration)
         for index, tick in enumerate(ticks):

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test setup clean
 
@@ -19,8 +21,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The demo on the tiny preset; `serve` prints the URL again (with a token if one is needed) once warm.
 run: $(STAMP)
-	$(VENV)/bin/latentcast serve
+	@echo "latentcast demo: http://$(HOST):$(PORT)/  (starting; open it once the server says ready)"
+	$(VENV)/bin/latentcast serve --preset tiny --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -55,6 +55,7 @@ class SessionStats:
         self.created_at = time.monotonic()
         self.first_output_at: float | None = None
         self.frames_in = 0
+        self.frames_stepped = 0   # inputs the pipeline took (the rest were dropped or still wait)
         self.frames_out = 0
         self.dropped_input = 0
         self.dropped_output = 0
@@ -77,8 +78,10 @@ class SessionStats:
             self._rate_in.add(at)
 
     def record_step(self, queue_wait: float | None, model_time: float) -> None:
+        """One step served this session; `queue_wait` is None when it took no input (txt2img)."""
         with self._lock:
             if queue_wait is not None:
+                self.frames_stepped += 1
                 self._queue_wait.append(queue_wait)
             self._model.append(model_time)
 
@@ -115,6 +118,7 @@ class SessionStats:
                 "uptime_s": round(now - self.created_at, 3),
                 "time_to_first_frame_ms": ttff,
                 "frames_in": self.frames_in,
+                "frames_stepped": self.frames_stepped,
                 "frames_out": self.frames_out,
                 "fps_in": round(self._rate_in.per_second(now), 2),
                 "fps_out": round(self._rate_out.per_second(now), 2),

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as err:
         return _fail(str(err), status=2)
     except ParamError as err:
-        return _fail(f"invalid parameter {err}", status=2)
+        hint = "; choose the size with --width/--height" if err.field in ("width", "height") else ""
+        return _fail(f"invalid parameter {err}{hint}", status=2)
     except ValidationError as err:
         return _fail(f"invalid setting {validation_to_param_error(err)}", status=2)
     except NoAudioError as err:

@@ -60,7 +60,8 @@ def validation_to_param_error(err: ValidationError) -> ParamError:
     """One readable line from a pydantic error: `field: what is wrong`."""
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or None
-    message = first["msg"]
+    # Errors raised by our own validators arrive as "Value error, <our message>".
+    message = first["msg"].removeprefix("Value error, ")
     return ParamError(f"{where}: {message}" if where else message, field=where)
 
 

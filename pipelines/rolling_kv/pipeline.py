@@ -1,0 +1,402 @@
+"""Rolling-KV causal video generation (StreamDiffusionV2 on CausVid / Self-Forcing models).
+
+A stream is cut into chunks: the first is 5 pictures (2 latent frames: the VAE encodes the first
+picture alone), every later one 4 pictures (1 latent frame). Video-to-video takes one picture per
+step and runs the model when a chunk is complete; text-to-video makes a chunk from noise when it
+has no picture left to hand out and hands out one picture per step.
+
+A chunk's latent frames attend to everything the stream's KV cache holds (sink frames plus a
+rolling window) and are written into it. How steps and caches relate is the `kv_mode`:
+- stream-batch: chunk n+i sits at step i; one forward serves every step at once, row i attending
+  over cache row i, which therefore holds keys computed at step i's noise level. One forward
+  per chunk; a chunk leaves `steps` chunks after it entered.
+- single-slot: a chunk's steps run one after another on one cache row; each step rewrites the
+  chunk's own slot, so the cache keeps the last step's keys. `steps` forwards per chunk, no
+  pipeline latency.
+- clean-context: single-slot plus one pass at t=0 on the denoised chunk, so the cache keeps clean
+  keys (CausVid, Self-Forcing's context pass).
+These keep different keys, so they give different videos: they are not interchangeable.
+
+The first chunk of every mode runs its steps one after another right away (each step on the
+cache row of that step), so the first pictures come out after one chunk, not `steps` chunks.
+
+Across streams: every row of every stream (all steps of all stream-batch streams, or step i of
+all sequential streams) goes into one transformer call per latent size; only the attention over
+each stream's own cache is computed per stream. The VAE runs per stream (its causal state is).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, create_model
+
+from models.video.bundle import VideoModels
+from models.video.eviction import AdaptiveSinkRefresh, FifoEviction, ImportanceKeep
+from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, SinkRealign
+from models.video.transformer import CachedRows, TextKV
+from models.video.vae import pixel_frames
+from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.rolling_kv.params import RollingKVParams
+from pipelines.rolling_kv.schedule import (
+    add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps,
+)
+from pipelines.rolling_kv.state import Chunk, PromptTransition, RollingKVState
+from streaming.frames import VideoFrame
+
+FIRST_CHUNK_LATENTS = 2
+CHUNK_LATENTS = 1
+
+
+def params_model_for(models: VideoModels) -> type[RollingKVParams]:
+    """The parameter schema with the preset's defaults, so clients and UIs see the real ones."""
+    fields: dict[str, Any] = {}
+    for name, value in models.preset.defaults.items():
+        info = copy.copy(RollingKVParams.model_fields[name])
+        info.default = value
+        fields[name] = (info.annotation, info)
+    return create_model(f"RollingKVParams_{models.preset.name.replace('-', '_').replace('.', '_')}", __base__=RollingKVParams, **fields)
+
+
+@dataclass
+class _Rows:
+    """Consecutive cache rows of one stream in a transformer call, and what they compute."""
+
+    state: RollingKVState
+    rows: range
+    chunks: list[Chunk]
+    timesteps: list[float]  # one per row
+    x0: torch.Tensor = field(default=None)
+
+
+@dataclass
+class _Job:
+    """One stream's work this tick."""
+
+    index: int
+    state: RollingKVState
+    entering: Chunk | None  # the chunk that enters the pipe (None: only advance what is in flight)
+    until_output: bool  # keep advancing until a chunk leaves (txt2img, draining)
+    exits: list[Chunk] = field(default_factory=list)
+
+
+class RollingKVPipeline:
+    name = "rolling-kv-video"
+    kind = PipelineKind.VIDEO_TO_VIDEO
+
+    def __init__(self, models: VideoModels):
+        self.models = models
+        self.params_model = params_model_for(models)
+
+    # ---- per-stream state ------------------------------------------------------------------
+
+    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> RollingKVState:
+        return self._build_state(parse_params(self.params_model, params), stream_id)
+
+    def in_flight(self, state: RollingKVState) -> int:
+        return len(state.pending) + sum(c.real_frames for c in state.slots if c is not None)
+
+    def update(self, state: RollingKVState, changes: Mapping[str, Any]) -> UpdateResult:
+        """Apply a partial update between ticks; everything is computed before anything is
+        assigned, so a rejected update (ParamError) leaves the stream as it was."""
+        new = merge_params(state.params, changes)
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(state.params, name)]
+        if not changed:
+            return UpdateResult()
+        if any(update_class_of(type(new), name) == UpdateClass.RESET for name in changed):
+            discarded = self.in_flight(state)
+            fresh = self._build_state(new, state.stream_id)
+            fresh.next_frame_id = state.next_frame_id
+            state.__dict__.update(fresh.__dict__)
+            return UpdateResult(applied=changed, reset=True, discarded_frames=discarded)
+        if "prompt" in changed:
+            if new.transition_chunks > 0 and state.started:
+                old = state.transition.new if state.transition else state.prompt
+                state.transition = PromptTransition(old, new.prompt, new.transition_chunks)
+            else:
+                state.text, state.transition = self.models.prompt_kv(new.prompt), None
+            state.prompt = new.prompt
+        state.timesteps = step_timesteps(new.mode, new.steps, new.strength)
+        state.params = new
+        return UpdateResult(applied=changed)
+
+    def _build_state(self, params: RollingKVParams, stream_id: str) -> RollingKVState:
+        m = self.models
+        if params.width % m.pixel_multiple or params.height % m.pixel_multiple:
+            raise ParamError(f"width and height must be multiples of {m.pixel_multiple} for this preset", field="width")
+        rows = params.steps if params.kv_mode == "stream-batch" else 1
+        frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
+        cache = m.new_cache(rows, params.width, params.height, params.sink_frames, params.window_frames,
+                            _eviction(params, frame_tokens), _positions(params))
+        return RollingKVState(
+            params=params,
+            stream_id=stream_id,
+            timesteps=step_timesteps(params.mode, params.steps, params.strength),
+            cache=cache,
+            vae=m.vae.new_state(),
+            text=m.prompt_kv(params.prompt),
+            prompt=params.prompt,
+            slots=[None] * params.steps if params.kv_mode == "stream-batch" else [],
+        )
+
+    # ---- the batched step ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, batch: Sequence[tuple[RollingKVState, VideoFrame | None]]) -> list[StepOutput]:
+        outputs = [StepOutput() for _ in batch]
+        jobs = [job for index, (state, frame) in enumerate(batch) if (job := self._admit(index, state, frame, outputs)) is not None]
+        for job in jobs:
+            self._advance_transition(job.state)
+        active = jobs
+        while active:
+            firsts = [j for j in active if j.entering is not None and j.entering.first]
+            self._run(firsts, first=True)
+            self._run([j for j in active if j not in firsts], first=False)
+            active = [j for j in active if j.until_output and not j.exits and self._refill(j)]
+        for job in jobs:
+            frames = self._decode(job)
+            if job.state.params.mode == "txt2img":
+                job.state.ready.extend(frames)
+                frames = [job.state.ready.popleft()] if job.state.ready else []
+            outputs[job.index].frames.extend(frames)
+        return outputs
+
+    def _admit(self, index: int, state: RollingKVState, frame: VideoFrame | None, outputs: list[StepOutput]) -> _Job | None:
+        """What a stream does this tick: hand out a ready picture, collect, run a chunk, or drain."""
+        if state.params.mode == "txt2img":
+            if state.ready:
+                outputs[index].frames.append(state.ready.popleft())
+                return None
+            return _Job(index, state, self._noise_chunk(state), until_output=True)
+        if frame is None:
+            if self.in_flight(state) == 0:
+                outputs[index] = StepOutput(consumed=False)
+                return None
+            entering = self._padded_chunk(state) if state.pending else None
+            return _Job(index, state, entering, until_output=True)
+        try:
+            picture = self._preprocess(frame.image, state.params.width, state.params.height)
+        except ValueError as err:
+            outputs[index] = StepOutput(consumed=True, error=str(err))
+            return None
+        state.pending.append((frame, picture))
+        if len(state.pending) < pixel_frames(self._next_chunk_latents(state), not state.started):
+            return None
+        return _Job(index, state, self._input_chunk(state), until_output=False)
+
+    def _refill(self, job: _Job) -> bool:
+        """Another advance for a stream that must produce output this tick; False when done."""
+        state = job.state
+        if state.params.mode == "txt2img":
+            job.entering = self._noise_chunk(state)
+            return True
+        job.entering = None
+        return self.in_flight(state) > 0
+
+    # ---- chunks entering the pipe --------------------------------------------------------------
+
+    def _next_chunk_latents(self, state: RollingKVState) -> int:
+        return CHUNK_LATENTS if state.started else FIRST_CHUNK_LATENTS
+
+    def _take_frames(self, state: RollingKVState, latents: int) -> list[int]:
+        frames = list(range(state.next_latent_frame, state.next_latent_frame + latents))
+        state.next_latent_frame += latents
+        return frames
+
+    def _noise_chunk(self, state: RollingKVState) -> Chunk:
+        m, p = self.models, state.params
+        first = not state.started
+        frames = self._take_frames(state, self._next_chunk_latents(state))
+        h, w = m.latent_size(p.width, p.height)
+        noise = keyed_noise(p.seed, frames[0], 0, (1, m.latent_channels, len(frames), h, w), m.device, m.dtype)
+        outputs = []
+        for _ in range(pixel_frames(len(frames), first)):
+            outputs.append(VideoFrame(np.empty((0, 0, 3), np.uint8), state.next_frame_id, state.next_frame_id / p.fps, state.stream_id))
+            state.next_frame_id += 1
+        return Chunk(frames, noise, state.timesteps[0], outputs, first)
+
+    def _input_chunk(self, state: RollingKVState) -> Chunk:
+        """Encode the collected pictures and inject noise, at a level set by their motion."""
+        m, p = self.models, state.params
+        first = not state.started
+        pictures = torch.stack([picture for _, picture in state.pending])  # (F, 3, H, W)
+        outputs = [frame for frame, _ in state.pending]
+        state.pending = []
+        latents = m.vae.encode(pictures.transpose(0, 1)[None], state.vae)
+        frames = self._take_frames(state, latents.shape[2])
+        sigma = state.controller.next_sigma(pictures, p.strength, p.motion_aware)
+        noise = keyed_noise(p.seed, frames[0], 0, latents.shape, m.device, m.dtype)
+        return Chunk(frames, add_noise(latents, noise, sigma), condition_timestep(sigma), outputs, first)
+
+    def _padded_chunk(self, state: RollingKVState) -> Chunk:
+        """The partial chunk at the end of an input, completed with copies of its last picture
+        (padding: encoded, never sent)."""
+        need = pixel_frames(self._next_chunk_latents(state), not state.started) - len(state.pending)
+        state.pending.extend([(None, state.pending[-1][1])] * need)
+        return self._input_chunk(state)
+
+    # ---- denoising ----------------------------------------------------------------------------
+
+    def _run(self, jobs: list[_Job], first: bool) -> None:
+        """Advance `jobs` by one chunk each; every forward batches all of them per latent size."""
+        key = lambda j: (j.state.params.height, j.state.params.width)  # noqa: E731
+        for _, group in groupby(sorted(jobs, key=key), key=key):
+            group = list(group)
+            if first:
+                self._run_sequential(group, first=True)
+                continue
+            self._run_stream_batch([j for j in group if j.state.params.kv_mode == "stream-batch"])
+            self._run_sequential([j for j in group if j.state.params.kv_mode != "stream-batch"], first=False)
+
+    def _run_stream_batch(self, jobs: list[_Job]) -> None:
+        """One forward: every occupied slot of every stream, slot i at step i on cache row i."""
+        if not jobs:
+            return
+        calls: list[_Rows] = []
+        for job in jobs:
+            s = job.state
+            s.slots[0] = job.entering
+            job.entering = None
+            run: list[int] = []
+            for i in range(s.num_steps + 1):  # consecutive occupied slots form one run of rows
+                if i < s.num_steps and s.slots[i] is not None:
+                    run.append(i)
+                    continue
+                if run:
+                    chunks = [s.slots[r] for r in run]
+                    calls.append(_Rows(s, range(run[0], run[-1] + 1), chunks, [self._timestep(s, r, c) for r, c in zip(run, chunks)]))
+                    run = []
+        if not calls:
+            return
+        self._forward(calls)
+        for call in calls:
+            s = call.state
+            for row, chunk, x0 in zip(call.rows, call.chunks, call.x0.split(1)):
+                if row == s.num_steps - 1:
+                    chunk.latents = x0
+                    next(j for j in jobs if j.state is s).exits.append(chunk)
+                else:
+                    chunk.latents = self._renoise(s, chunk, x0, row + 1)
+        for job in jobs:  # every chunk moves one step on
+            s = job.state
+            s.slots = [None] + s.slots[:-1]
+
+    def _run_sequential(self, jobs: list[_Job], first: bool) -> None:
+        """A chunk's steps one after another (single-slot, clean-context, and every first chunk)."""
+        jobs = [j for j in jobs if j.entering is not None]
+        if not jobs:
+            return
+        steps = jobs[0].state.num_steps
+        if any(j.state.num_steps != steps for j in jobs):  # different step counts: separate calls
+            for j in jobs:
+                self._run_sequential([j], first)
+            return
+        for i in range(steps):
+            calls = [_Rows(j.state, self._sequential_row(j.state, i), [j.entering], [self._timestep(j.state, i, j.entering)]) for j in jobs]
+            self._forward(calls)
+            for call, job in zip(calls, jobs):
+                last = i == steps - 1
+                job.entering.latents = call.x0 if last else self._renoise(job.state, job.entering, call.x0, i + 1)
+        clean = [j for j in jobs if j.state.params.kv_mode == "clean-context"]
+        if clean:  # write the clean chunk's keys at t=0; the output is not needed
+            self._forward([_Rows(j.state, range(0, 1), [j.entering], [0.0]) for j in clean])
+        for job in jobs:
+            job.exits.append(job.entering)
+            job.entering = None
+
+    def _sequential_row(self, state: RollingKVState, step: int) -> range:
+        row = step if state.params.kv_mode == "stream-batch" else 0
+        return range(row, row + 1)
+
+    def _timestep(self, state: RollingKVState, step: int, chunk: Chunk) -> float:
+        return chunk.first_timestep if step == 0 else state.timesteps[step]
+
+    def _renoise(self, state: RollingKVState, chunk: Chunk, x0: torch.Tensor, step: int) -> torch.Tensor:
+        m = self.models
+        sigma = float(sigma_of(state.timesteps[step], m.preset.timestep_shift))
+        noise = keyed_noise(state.params.seed, chunk.frames[0], step, tuple(x0.shape), m.device, m.dtype)
+        return add_noise(x0, noise, sigma)
+
+    def _forward(self, calls: list[_Rows]) -> None:
+        """One transformer call over the rows of every call; sets each call's x0."""
+        m = self.models
+        groups, start = [], 0
+        for call in calls:
+            frames = [c.frames for c in call.chunks]
+            groups.append(CachedRows(call.state.cache, call.state.cache.begin_write(call.rows, frames), start))
+            start += len(call.rows)
+        latents = torch.cat([c.latents for call in calls for c in call.chunks])
+        per_frame = latents.shape[2]
+        sigma = sigma_of(torch.tensor([t for call in calls for t in call.timesteps]), m.preset.timestep_shift)
+        timesteps = (1000.0 * sigma).float()[:, None].expand(-1, per_frame)
+        text = TextKV.cat([call.state.text.expand(len(call.rows)) for call in calls])
+        flow = m.transformer.forward_cached(latents, timesteps, text, groups)
+        x0 = predicted_x0(latents, flow, sigma.to(latents.device, torch.float32).view(-1, 1, 1, 1, 1))
+        start = 0
+        for call in calls:
+            call.x0 = x0[start : start + len(call.rows)]
+            start += len(call.rows)
+
+    def _advance_transition(self, state: RollingKVState) -> None:
+        t = state.transition
+        if t is None:
+            return
+        t.done += 1
+        if t.done >= t.chunks:
+            state.text, state.transition = self.models.prompt_kv(t.new), None
+        else:
+            state.text = self.models.blended_prompt_kv(t.old, t.new, t.done / t.chunks)
+
+    # ---- pictures in and out ------------------------------------------------------------------
+
+    def _decode(self, job: _Job) -> list[VideoFrame]:
+        frames = []
+        for chunk in job.exits:
+            pictures = self.models.vae.decode(chunk.latents, job.state.vae)[0].transpose(0, 1)  # (P, 3, H, W)
+            images = _to_uint8(pictures)
+            frames.extend(meta.with_image(image) for meta, image in zip(chunk.outputs, images) if meta is not None)
+        return frames
+
+    def _preprocess(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """uint8 HWC RGB -> (3, height, width) in [-1, 1] on the device: centre-cropped to the
+        stream's aspect ratio, then resized (antialiased) when the sizes differ."""
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+            raise ValueError(f"input frame must be an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', type(image))}")
+        if image.shape[0] < 8 or image.shape[1] < 8:
+            raise ValueError(f"input frame {image.shape[1]}x{image.shape[0]} is too small")
+        m = self.models
+        x = torch.from_numpy(image).to(m.device).permute(2, 0, 1).unsqueeze(0).float()
+        h, w = image.shape[:2]
+        if (h, w) != (height, width):
+            crop_h, crop_w = (h, round(h * width / height)) if w * height > h * width else (round(w * height / width), w)
+            top, left = (h - crop_h) // 2, (w - crop_w) // 2
+            x = F.interpolate(x[..., top : top + crop_h, left : left + crop_w], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return (x[0] / 127.5 - 1.0).to(m.dtype)
+
+
+def _eviction(params: RollingKVParams, frame_tokens: int):
+    if params.eviction == "adaptive-sink":
+        return AdaptiveSinkRefresh(params.sink_refresh_threshold)
+    if params.eviction == "importance":
+        return ImportanceKeep(params.importance_pool_frames * frame_tokens)
+    return FifoEviction()
+
+
+def _positions(params: RollingKVParams):
+    if params.positions == "periodic-reset":
+        reset_to = params.reset_to if params.reset_to is not None else params.kv_cache_frames - 1
+        return PeriodicReset(params.reset_at, min(reset_to, params.reset_at - 1))
+    return {"absolute": AbsolutePositions, "cache-relative": CacheRelative, "sink-realign": SinkRealign}[params.positions]()
+
+
+def _to_uint8(pictures: torch.Tensor) -> list[np.ndarray]:
+    """(P, 3, H, W) in [-1, 1] -> P arrays (H, W, 3) uint8, with one device-to-host copy."""
+    pixels = ((pictures.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(pixels)

@@ -1,0 +1,80 @@
+"""Everything that belongs to one rolling-KV video stream: its KV cache, VAE state, prompt K/V,
+noise controller and the chunks in flight. Nothing here is shared between streams."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from models.video.kv_cache import RollingKVCache
+from models.video.transformer import TextKV
+from models.video.vae import VAEStreamState
+from pipelines.rolling_kv.noise_controller import MotionNoiseController
+from pipelines.rolling_kv.params import RollingKVParams
+from streaming.frames import VideoFrame
+
+
+@dataclass
+class Chunk:
+    """A block of latent frames on its way through the denoising steps."""
+
+    frames: list[int]
+    """Latent frame indices (their place in the stream and in the KV cache)."""
+    latents: torch.Tensor
+    """(1, C, F, h, w) at the noise level of the step it is processed at next."""
+    first_timestep: float
+    """Timestep of step 0 (img2img: set per chunk by the noise controller)."""
+    outputs: list[VideoFrame | None]
+    """The identity of each picture it decodes to, in order; None marks padding (not sent)."""
+    first: bool = False
+    """The stream's first chunk: 1 + 4(F-1) pictures instead of 4F."""
+
+    @property
+    def real_frames(self) -> int:
+        return sum(o is not None for o in self.outputs)
+
+
+@dataclass
+class PromptTransition:
+    """A prompt change blending in over `chunks` forwards."""
+
+    old: str
+    new: str
+    chunks: int
+    done: int = 0
+
+
+@dataclass
+class RollingKVState:
+    params: RollingKVParams
+    stream_id: str
+    timesteps: list[float]
+    """Nominal timestep of each step (img2img replaces the first per chunk)."""
+    cache: RollingKVCache
+    """Rows: one per step in stream-batch mode (row i keeps keys computed at step i), else one."""
+    vae: VAEStreamState
+    text: TextKV
+    """Cross-attention K/V of the current (possibly blended) prompt."""
+    prompt: str
+    """The prompt the stream is heading to (a transition may still be blending it in)."""
+    transition: PromptTransition | None = None
+    controller: MotionNoiseController = field(default_factory=MotionNoiseController)
+    pending: list[tuple[VideoFrame | None, torch.Tensor]] = field(default_factory=list)
+    """img2img: input frames collected for the next chunk, each with its picture (3, H, W) in
+    [-1, 1]; a None frame is padding that completes the last chunk of an input."""
+    slots: list[Chunk | None] = field(default_factory=list)
+    """stream-batch: slots[i] is the chunk processed at step i by the next forward."""
+    next_latent_frame: int = 0
+    ready: deque[VideoFrame] = field(default_factory=deque)
+    """txt2img: generated pictures not handed out yet (one leaves per step)."""
+    next_frame_id: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def started(self) -> bool:
+        return self.next_latent_frame > 0

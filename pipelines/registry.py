@@ -40,9 +40,20 @@ def _stream_diffusion(options: ModelOptions) -> Pipeline:
     return StreamDiffusionPipeline(models)
 
 
+def _rolling_kv_video(options: ModelOptions) -> Pipeline:
+    from models.video.loading import load_video_models
+    from pipelines.rolling_kv.pipeline import RollingKVPipeline
+
+    models = load_video_models(
+        options.preset, options.device, options.dtype, options.model_dir, options.random_weights
+    )
+    return RollingKVPipeline(models)
+
+
 _BUILDERS: dict[str, Callable[[ModelOptions], Pipeline]] = {
     "passthrough": _passthrough,
     "stream-diffusion": _stream_diffusion,
+    "rolling-kv-video": _rolling_kv_video,
 }
 
 

@@ -1,0 +1,68 @@
+"""Plain sequential generation of a stream, chunk after chunk, step after step.
+
+What the stream batch must equal: each chunk runs its steps one after another, step i attending
+over (and writing into) its own cache row i, with the same keyed noise. No slots, no batching,
+no warm-up: the equivalence test compares the pipeline's pictures with these, and the
+benchmark times them side by side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.video.transformer import CachedRows
+from models.video.vae import pixel_frames
+from pipelines.rolling_kv.noise_controller import MotionNoiseController
+from pipelines.rolling_kv.params import RollingKVParams
+from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, _eviction, _positions
+from pipelines.rolling_kv.schedule import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
+
+
+@torch.no_grad()
+def generate_sequential(
+    pipeline: RollingKVPipeline, params: RollingKVParams, chunks: int, pictures: list[np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """The first `chunks` chunks of a stream with `params` in stream-batch semantics, as uint8
+    pictures. img2img takes `pictures` (already at the stream's size); txt2img takes none."""
+    m = pipeline.models
+    shift = m.preset.timestep_shift
+    frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
+    cache = m.new_cache(params.steps, params.width, params.height, params.sink_frames, params.window_frames,
+                        _eviction(params, frame_tokens), _positions(params))
+    text = m.prompt_kv(params.prompt)
+    vae_in, vae_out = m.vae.new_state(), m.vae.new_state()
+    controller = MotionNoiseController()
+    timesteps = step_timesteps(params.mode, params.steps, params.strength)
+    h, w = m.latent_size(params.width, params.height)
+    out: list[np.ndarray] = []
+    frame, used = 0, 0
+    for k in range(chunks):
+        latents_count = FIRST_CHUNK_LATENTS if k == 0 else 1
+        frames = list(range(frame, frame + latents_count))
+        frame += latents_count
+        if params.mode == "txt2img":
+            x = keyed_noise(params.seed, frames[0], 0, (1, m.latent_channels, latents_count, h, w), m.device, m.dtype)
+            first_t = timesteps[0]
+        else:
+            count = pixel_frames(latents_count, k == 0)
+            chunk = torch.stack([pipeline._preprocess(p, params.width, params.height) for p in pictures[used : used + count]])
+            used += count
+            z = m.vae.encode(chunk.transpose(0, 1)[None], vae_in)
+            sigma = controller.next_sigma(chunk, params.strength, params.motion_aware)
+            x = add_noise(z, keyed_noise(params.seed, frames[0], 0, tuple(z.shape), m.device, m.dtype), sigma)
+            first_t = condition_timestep(sigma)
+        for i in range(params.steps):
+            t = first_t if i == 0 else timesteps[i]
+            sigma = sigma_of(t, shift)
+            plan = cache.begin_write(range(i, i + 1), [frames])
+            model_t = torch.full((1, latents_count), 1000.0 * float(sigma))
+            flow = m.transformer.forward_cached(x, model_t, text, [CachedRows(cache, plan, 0)])
+            x0 = predicted_x0(x, flow, float(sigma))
+            if i < params.steps - 1:
+                noise = keyed_noise(params.seed, frames[0], i + 1, tuple(x0.shape), m.device, m.dtype)
+                x = add_noise(x0, noise, float(sigma_of(timesteps[i + 1], shift)))
+        decoded = m.vae.decode(x0, vae_out)[0].transpose(0, 1)
+        pixels = ((decoded.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out.extend(pixels)
+    return out

@@ -26,7 +26,7 @@ def decode_image(fmt: str, payload: bytes | memoryview, width: int, height: int)
             # The size is known before decoding: refuse a mismatch before spending time on it.
             if picture.size != (width, height):
                 raise StreamError(ErrorCode.BAD_IMAGE, f"picture is {picture.size[0]}x{picture.size[1]}, header says {width}x{height}")
-            return np.asarray(picture.convert("RGB"))
+            return np.array(picture.convert("RGB"))  # a writable copy: pipelines may work in place
     except UnidentifiedImageError:
         raise StreamError(ErrorCode.BAD_IMAGE, f"payload is not a {fmt} picture") from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -101,6 +101,12 @@ class RollingKVPipeline:
         return self._build_state(parse_params(self.params_model, params), stream_id)
 
     def in_flight(self, state: RollingKVState) -> int:
+        """Input pictures accepted and not yet out; txt2img takes no inputs, so none."""
+        if state.params.mode == "txt2img":
+            return 0
+        return self._pictures_in_pipe(state)
+
+    def _pictures_in_pipe(self, state: RollingKVState) -> int:
         return len(state.pending) + sum(c.real_frames for c in state.slots if c is not None)
 
     def update(self, state: RollingKVState, changes: Mapping[str, Any]) -> UpdateResult:
@@ -198,7 +204,7 @@ class RollingKVPipeline:
             job.entering = self._noise_chunk(state)
             return True
         job.entering = None
-        return self.in_flight(state) > 0
+        return self._pictures_in_pipe(state) > 0
 
     # ---- chunks entering the pipe --------------------------------------------------------------
 

@@ -42,11 +42,11 @@ class DiffusionModels:
 
     preset: DiffusionPreset
     unet: Any  # diffusers UNet2DConditionModel
-    vae: Any  # diffusers AutoencoderTiny
+    vae: Any  # diffusers AutoencoderTiny, or models.patch_autoencoder.PatchAutoencoder
     text_encoders: list[Any]  # CLIPTextModel, and CLIPTextModelWithProjection for SDXL
     tokenizers: list[Any]
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,) float64, on the CPU
-    prediction_type: str  # "epsilon" or "v_prediction"
+    prediction_type: str  # "epsilon", "v_prediction" or "sample"
     device: torch.device
     dtype: torch.dtype
 
@@ -56,7 +56,10 @@ class DiffusionModels:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell: 2 per upsampling stage of the decoder."""
+        """Pixels per latent cell: the patch size of a PatchAutoencoder, else 2 per upsampling
+        stage of the decoder."""
+        if "patch_size" in self.vae.config:
+            return int(self.vae.config.patch_size)
         return 2 ** (len(self.vae.config.decoder_block_out_channels) - 1)
 
     @torch.no_grad()

@@ -43,6 +43,8 @@ def load_diffusion_models(
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if model_dir is None and preset.embedded and not random_weights:
+        model_dir = preset.weights_dir()
     if model_dir is not None:
         parts = _load_folder(preset, Path(model_dir), dt)
     elif preset.built_in or random_weights:
@@ -76,15 +78,15 @@ def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
 
 def build_from_configs(preset: DiffusionPreset, dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device | None = None):
     """The preset's architecture with random weights; `device="meta"` allocates nothing."""
-    from diffusers import AutoencoderTiny, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     encoder_parts = [p for p in ("text_encoder", "text_encoder_2") if preset.config_json(p) is not None]
     # Seeded so every process builds identical built-in models (tests compare outputs across runs).
     with torch.random.fork_rng(devices=[]), torch.device(device) if device else contextlib.nullcontext():
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(preset.config_json("unet"))
-        vae = AutoencoderTiny.from_config(preset.config_json("vae"))
+        vae = autoencoder_class(preset).from_config(preset.config_json("vae"))
         encoders = []
         for part in encoder_parts:
             config = CLIPTextConfig(**preset.config_json(part))
@@ -94,8 +96,19 @@ def build_from_configs(preset: DiffusionPreset, dtype: torch.dtype = torch.float
     if dtype != torch.float32 and device != "meta":
         for module in (unet, vae, *encoders):
             _move(module, None, dtype)
-    tokenizers = [build_byte_tokenizer() for _ in encoder_parts]
+    if preset.embedded:  # its vocabulary is part of the architecture (the embedding table's size)
+        tokenizers = [AutoTokenizer.from_pretrained(str(preset.weights_dir() / t)) for _, t, _ in _encoder_classes(preset)]
+    else:
+        tokenizers = [build_byte_tokenizer() for _ in encoder_parts]
     return unet, vae, encoders, tokenizers, preset.config_json("scheduler")
+
+
+def autoencoder_class(preset: DiffusionPreset):
+    from diffusers import AutoencoderTiny
+
+    from models.patch_autoencoder import PatchAutoencoder
+
+    return PatchAutoencoder if preset.autoencoder == "patch" else AutoencoderTiny
 
 
 def _move(module: torch.nn.Module, device: torch.device | None, dtype: torch.dtype) -> torch.nn.Module:
@@ -144,11 +157,11 @@ def _load_hub(preset: DiffusionPreset, dtype: torch.dtype):
 
 
 def _from_pretrained(preset: DiffusionPreset, base: str, vae_source: str, lora_source: str | None, dtype: torch.dtype):
-    from diffusers import AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer
 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderTiny.from_pretrained(vae_source, torch_dtype=dtype)
+    vae = autoencoder_class(preset).from_pretrained(vae_source, torch_dtype=dtype)
     encoders, tokenizers = [], []
     for encoder_name, tokenizer_name, cls in _encoder_classes(preset):
         encoders.append(cls.from_pretrained(base, subfolder=encoder_name, torch_dtype=dtype))

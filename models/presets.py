@@ -29,6 +29,10 @@ class DiffusionPreset:
     """Hub id of the TAESD-family AutoencoderTiny that replaces the full VAE."""
     lora: str | None = None
     """Hub id of a LoRA fused into the UNet at load time (LCM-LoRA for SD 1.5)."""
+    weights: str | None = None
+    """Folder under models/weights with the preset's weights, shipped inside the package."""
+    autoencoder: Literal["tiny", "patch"] = "tiny"
+    """The autoencoder class: diffusers' AutoencoderTiny, or models.patch_autoencoder.PatchAutoencoder."""
     text_hidden_layer: Literal["last", "penultimate"] = "last"
     """Which text-encoder layer conditions the UNet: SD 1.x/2.x use the last, SDXL the penultimate."""
     boundary_condition: Literal["lcm", "none"] = "lcm"
@@ -39,7 +43,16 @@ class DiffusionPreset:
     @property
     def built_in(self) -> bool:
         """Built in-process with seeded random weights: no files, no download (tests, CI)."""
-        return self.base_model is None
+        return self.base_model is None and self.weights is None
+
+    @property
+    def embedded(self) -> bool:
+        """Trained weights ship inside the package: loaded from files, never downloaded."""
+        return self.weights is not None
+
+    def weights_dir(self):
+        """The embedded weights folder (diffusers layout; `training.json` says how it was made)."""
+        return resources.files("models") / "weights" / self.weights
 
     def config_json(self, part: str) -> dict[str, Any] | None:
         """The architecture config of one component, or None when the preset has no such part."""
@@ -51,6 +64,8 @@ class DiffusionPreset:
         return json.loads(path.read_text())
 
 
+# Placeholder until training settles the schedule; see docs/style-model.md.
+STYLE_DEFAULTS = {"prompt": "pencil sketch", "t_index_list": [40], "cfg_type": "none", "guidance_scale": 1.0, "width": 256, "height": 256}
 _TURBO_DEFAULTS = {"t_index_list": [35, 45], "cfg_type": "none", "guidance_scale": 1.0, "width": 512, "height": 512}
 
 PRESETS: dict[str, DiffusionPreset] = {
@@ -70,6 +85,17 @@ PRESETS: dict[str, DiffusionPreset] = {
             config="tiny-sdxl",
             text_hidden_layer="penultimate",
             defaults={"t_index_list": [32, 45], "cfg_type": "none", "guidance_scale": 1.0, "width": 256, "height": 256},
+        ),
+        DiffusionPreset(
+            name="style",
+            description="Small style-transfer model trained by models/training and shipped in the package "
+            "(pencil sketch, watercolor, thermal camera, pixel art, neon edges, oil painting), 256x256.",
+            family="sd",
+            config="style",
+            weights="style",
+            autoencoder="patch",
+            boundary_condition="none",
+            defaults=STYLE_DEFAULTS,
         ),
         DiffusionPreset(
             name="sd-turbo",

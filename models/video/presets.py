@@ -55,6 +55,12 @@ PRESETS: dict[str, VideoPreset] = {
             defaults={"width": 64, "height": 64, "steps": 2, "kv_cache_frames": 6, "sink_frames": 3},
         ),
         VideoPreset(
+            name="small-video",
+            description="Small causal video models built in-process (dim 256, 6 layers, 256 tokens per latent "
+            "frame at 256x256): CPU benchmarks and scheduler tests.",
+            defaults={"width": 256, "height": 256, "steps": 2, "kv_cache_frames": 6, "sink_frames": 3},
+        ),
+        VideoPreset(
             name="wan-causal-1.3b",
             description="Wan2.1-T2V-1.3B causal DMD checkpoint of StreamDiffusionV2 (video-to-video), 480x832.",
             base_model="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",

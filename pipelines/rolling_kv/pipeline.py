@@ -3,7 +3,8 @@
 A stream is cut into chunks: the first is 5 pictures (2 latent frames: the VAE encodes the first
 picture alone), every later one 4 pictures (1 latent frame). Video-to-video takes one picture per
 step and runs the model when a chunk is complete; text-to-video makes a chunk from noise when it
-has no picture left to hand out and hands out one picture per step.
+has no picture left to hand out. Finished pictures leave one per step (a chunk at the pace its
+pictures came in; at most 3 wait), and all at once when the input ends.
 
 A chunk's latent frames attend to everything the stream's KV cache holds (sink frames plus a
 rolling window) and are written into it. How steps and caches relate is the `kv_mode`:
@@ -53,6 +54,7 @@ from streaming.frames import VideoFrame
 
 FIRST_CHUNK_LATENTS = 2
 CHUNK_LATENTS = 1
+HELD_BACK = 3  # finished pictures that may wait to be handed out: a chunk's worth less one
 
 
 def params_model_for(models: VideoModels) -> type[RollingKVParams]:
@@ -101,12 +103,13 @@ class RollingKVPipeline:
         return self._build_state(parse_params(self.params_model, params), stream_id)
 
     def in_flight(self, state: RollingKVState) -> int:
-        """Input pictures accepted and not yet out; txt2img takes no inputs, so none."""
+        """Input pictures accepted and not handed out yet; txt2img takes no inputs, so none."""
         if state.params.mode == "txt2img":
             return 0
-        return self._pictures_in_pipe(state)
+        return self._pictures_in_pipe(state) + len(state.ready)
 
     def _pictures_in_pipe(self, state: RollingKVState) -> int:
+        """Input pictures still being collected or denoised."""
         return len(state.pending) + sum(c.real_frames for c in state.slots if c is not None)
 
     def update(self, state: RollingKVState, changes: Mapping[str, Any]) -> UpdateResult:
@@ -167,23 +170,28 @@ class RollingKVPipeline:
             self._run([j for j in active if j not in firsts], first=False)
             active = [j for j in active if j.until_output and not j.exits and self._refill(j)]
         for job in jobs:
-            frames = self._decode(job)
-            if job.state.params.mode == "txt2img":
-                job.state.ready.extend(frames)
-                frames = [job.state.ready.popleft()] if job.state.ready else []
-            outputs[job.index].frames.extend(frames)
+            job.state.ready.extend(self._decode(job))
+        for (state, frame), output in zip(batch, outputs):
+            if output.error is None:  # a rejected input leaves its stream as it was
+                output.frames.extend(self._hand_out(state, draining=frame is None and state.params.mode == "img2img"))
         return outputs
+
+    def _hand_out(self, state: RollingKVState, draining: bool) -> list[VideoFrame]:
+        """One picture per tick, so a chunk leaves at the pace its pictures came in (and a
+        latest-wins output never sees a burst), but never more than HELD_BACK waiting; all of
+        them when the input has ended."""
+        count = len(state.ready) if draining else min(len(state.ready), max(1, len(state.ready) - HELD_BACK))
+        return [state.ready.popleft() for _ in range(count)]
 
     def _admit(self, index: int, state: RollingKVState, frame: VideoFrame | None, outputs: list[StepOutput]) -> _Job | None:
         """What a stream does this tick: hand out a ready picture, collect, run a chunk, or drain."""
         if state.params.mode == "txt2img":
-            if state.ready:
-                outputs[index].frames.append(state.ready.popleft())
-                return None
-            return _Job(index, state, self._noise_chunk(state), until_output=True)
+            return None if state.ready else _Job(index, state, self._noise_chunk(state), until_output=True)
         if frame is None:
             if self.in_flight(state) == 0:
-                outputs[index] = StepOutput(consumed=False)
+                outputs[index].consumed = False
+                return None
+            if self._pictures_in_pipe(state) == 0:  # only finished pictures wait: hand them out
                 return None
             entering = self._padded_chunk(state) if state.pending else None
             return _Job(index, state, entering, until_output=True)

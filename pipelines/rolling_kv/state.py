@@ -68,7 +68,7 @@ class RollingKVState:
     """stream-batch: slots[i] is the chunk processed at step i by the next forward."""
     next_latent_frame: int = 0
     ready: deque[VideoFrame] = field(default_factory=deque)
-    """txt2img: generated pictures not handed out yet (one leaves per step)."""
+    """Finished pictures not handed out yet (they leave one per step)."""
     next_frame_id: int = 0
 
     @property

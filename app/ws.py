@@ -32,7 +32,7 @@ from streaming.session import OutputAudio, OutputFrame, Session, SessionClosed, 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-OUTPUT_BACKLOG = 2          # generated frames waiting to be encoded and sent before the oldest is dropped
+OUTPUT_BACKLOG = 32         # most generated frames waiting to be encoded, paced and sent
 AUDIO_RATES = range(8000, 192001)
 AUDIO_MAX_CHANNELS = 8
 
@@ -229,7 +229,10 @@ class StreamConnection:
         if self._closing:
             return
         if isinstance(event, OutputFrame):
-            if len(self._frames) >= OUTPUT_BACKLOG:
+            # A burst (a chunk of frames from one step) waits to be paced out; frames a slow client
+            # has let age past the latency budget are dropped rather than sent late.
+            stale_before = time.monotonic() - self.session.slo.latency_budget_ms / 1000
+            while self._frames and (len(self._frames) >= OUTPUT_BACKLOG or self._frames[0].frame.timestamps["finished"] < stale_before):
                 self._frames.popleft()
                 self.session.count_dropped_output()
             self._frames.append(event)

@@ -2,7 +2,8 @@
 
 `TintPipeline` blends each input towards a colour derived from its prompt, so a test can tell
 which prompt (and which session's parameters) produced a frame; it can be slowed down to model
-a pipeline slower than the input, and made to fail on demand.
+a pipeline slower than the input, and made to fail on demand. `ChunkPipeline` returns frames in
+bursts, as chunked video models do.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ class TintParams(BaseModel):
 class TintState:
     params: TintParams
     stream_id: str
+    pending: list[VideoFrame] = field(default_factory=list)  # ChunkPipeline's frames not yet returned
 
 
 class TintPipeline:
@@ -83,3 +85,31 @@ class TintPipeline:
 
     def in_flight(self, state: TintState) -> int:
         return 0
+
+
+class ChunkPipeline:
+    """Returns its inputs in chunks: nothing for three steps, then the last four frames at once,
+    as chunked video models do. For testing that bursts are paced out by pts, not dropped."""
+
+    name = "chunk"
+    kind = PipelineKind.VIDEO_TO_VIDEO
+    params_model = TintParams
+    CHUNK = 4
+
+    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> TintState:
+        return TintState(parse_params(TintParams, params), stream_id)
+
+    def update(self, state: TintState, changes: Mapping[str, Any]) -> UpdateResult:
+        state.params = merge_params(state.params, changes)
+        return UpdateResult(applied=sorted(changes))
+
+    def step(self, batch: Sequence[tuple[TintState, VideoFrame | None]]) -> list[StepOutput]:
+        outputs = []
+        for state, frame in batch:
+            state.pending.append(frame.with_image(frame.image))
+            ready, state.pending = (state.pending, []) if len(state.pending) == self.CHUNK else ([], state.pending)
+            outputs.append(StepOutput(frames=ready))
+        return outputs
+
+    def in_flight(self, state: TintState) -> int:
+        return len(state.pending)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_settings, serve_in_thread
-from fake_pipelines import FAIL_PROMPT, TintPipeline, prompt_color
+from fake_pipelines import FAIL_PROMPT, ChunkPipeline, TintPipeline, prompt_color
 from media import moving_picture
 from pipelines.passthrough import PassthroughPipeline
 from streaming.client import StreamClient, StreamClientError
@@ -22,6 +22,7 @@ PIPELINES = {
     "tint": TintPipeline(),
     "tint-batched": TintPipeline("tint-batched", delay_s=0.03),
     "tint-slow": TintPipeline("tint-slow", delay_s=SLOW_STEP_S),
+    "chunk": ChunkPipeline(),
 }
 
 
@@ -123,6 +124,20 @@ async def test_slow_pipeline_keeps_latency_bounded_and_counts_drops(base_url):
     assert stats["frames_in"] == 90 and stats["frames_out"] == len(latencies)
     assert stats["dropped_input"] >= 50
     assert stats["dropped_input"] + stats["frames_out"] >= 88  # every input used or counted as dropped
+
+
+async def test_bursts_from_the_model_are_paced_out_by_pts_not_dropped(base_url):
+    async with await StreamClient.connect(base_url) as client:
+        await client.start("chunk", slo={"target_fps": 20}, output_format="rgb24")
+        for i in range(8):  # 20 fps of input: the pipeline answers every 4th frame with 4 frames at once
+            await client.send_frame(picture(i), frame_id=i, pts=i / 20, format="rgb24")
+            await asyncio.sleep(1 / 20)
+        frames = [await client.receive_frame(5) for _ in range(8)]
+        stats = await client.stats()
+    assert [f.frame_id for f in frames] == list(range(8)) and stats["dropped_output"] == 0
+    for chunk in (frames[:4], frames[4:]):
+        gaps = np.diff([f.received_at for f in chunk])
+        assert np.median(gaps) > 0.025, gaps  # spread out like their pts (50 ms apart), not all at once
 
 
 async def test_txt2img_pushes_frames_at_the_target_fps_without_input(base_url):

@@ -170,8 +170,11 @@ class ComputeWorker:
                 session.stats.count("skipped")
             if frame is not None and not output.consumed:
                 session.video_in.put_back(frame)
-            for out in output.frames:
-                self._deliver(session, out, frame is None, output.skipped, started, finished)
+            if frame is None and len(output.frames) > 1:
+                # A chunk of frames covers several ticks of the stream's clock: skip those ticks.
+                session.next_due += (len(output.frames) - 1) / session.slo.target_fps
+            for index, out in enumerate(output.frames):
+                self._deliver(session, out, frame is None, output.skipped, index, started, finished)
 
     def _step(self, pipeline: Pipeline, entries: list[tuple[Session, VideoFrame | None]]) -> list[StepOutput | None]:
         """One batched step; if it fails, each stream is retried alone so that one stream's bad
@@ -189,12 +192,14 @@ class ComputeWorker:
             return [self._step(pipeline, [entry])[0] for entry in entries]
 
     @staticmethod
-    def _deliver(session: Session, out: VideoFrame, generated: bool, reused: bool, started: float, finished: float) -> None:
+    def _deliver(session: Session, out: VideoFrame, generated: bool, reused: bool, index: int, started: float,
+                 finished: float) -> None:
         out.stream_id = session.id
         if generated:
-            # Frames made without input get their identity here: ids count up, pts is the tick time.
+            # Frames made without input get their identity here: ids count up, pts is the tick time
+            # (the frames of a chunk one frame interval apart, so they are paced out).
             out.frame_id = session.generated
-            out.pts = started - session.stats.created_at
+            out.pts = started - session.stats.created_at + index / session.slo.target_fps
             session.generated += 1
             out.timestamps.setdefault("received", started)
             out.stamp("started", started)

@@ -89,7 +89,8 @@ class TintPipeline:
 
 class ChunkPipeline:
     """Returns its inputs in chunks: nothing for three steps, then the last four frames at once,
-    as chunked video models do. For testing that bursts are paced out by pts, not dropped."""
+    as chunked video models do (txt2img: four grey frames per step). For testing that bursts are
+    paced out by pts, not dropped."""
 
     name = "chunk"
     kind = PipelineKind.VIDEO_TO_VIDEO
@@ -106,6 +107,10 @@ class ChunkPipeline:
     def step(self, batch: Sequence[tuple[TintState, VideoFrame | None]]) -> list[StepOutput]:
         outputs = []
         for state, frame in batch:
+            if frame is None:
+                grey = np.full((state.params.height, state.params.width, 3), 128, np.uint8)
+                outputs.append(StepOutput(frames=[VideoFrame(grey.copy(), 0) for _ in range(self.CHUNK)]))
+                continue
             state.pending.append(frame.with_image(frame.image))
             ready, state.pending = (state.pending, []) if len(state.pending) == self.CHUNK else ([], state.pending)
             outputs.append(StepOutput(frames=ready))

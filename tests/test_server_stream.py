@@ -236,3 +236,13 @@ async def test_update_errors_name_the_field_and_leave_the_session_as_it_was(base
         assert err.value.code == "bad_params" and err.value.field == "strength"
         ack = await client.update({})
         assert ack["params"]["strength"] == 0.5 and ack["params"]["prompt"] == "kept"
+
+
+async def test_a_txt2img_chunk_is_spread_over_the_stream_clock(base_url):
+    async with await StreamClient.connect(base_url) as client:
+        await client.start("chunk", {"mode": "txt2img"}, slo={"target_fps": 20}, output_format="rgb24")
+        await asyncio.sleep(1.0)
+        frames = [client.frames.get_nowait() for _ in range(client.frames.qsize())]
+    assert 12 <= len(frames) <= 28  # ~20 fps although each step makes 4 frames
+    assert [f.frame_id for f in frames] == list(range(frames[0].frame_id, frames[0].frame_id + len(frames)))
+    assert np.allclose(np.diff([f.pts for f in frames[:4]]), 0.05, atol=0.01)

@@ -211,8 +211,9 @@ def train_denoiser(model: Denoiser, ema: Denoiser, ae: PatchAutoencoder, latents
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))  # warm-up: forget the random start quickly
             for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - args.ema)
+                e.lerp_(p, 1 - decay)
         window.append((float(loss), float(latent_loss)))
         bar.set_postfix(loss=f"{np.mean([w[0] for w in window[-50:]]):.4f}", latent=f"{np.mean([w[1] for w in window[-50:]]):.4f}")
         last = step + 1 == args.steps or time.monotonic() > deadline

@@ -193,7 +193,7 @@ def test_prompt_change_blends_in_over_the_transition_and_keeps_the_cache(pipe):
     state = pipe.new_state({"prompt": "a calm lake", "mode": "txt2img", "steps": 1, "transition_chunks": 3})
     run_text(pipe, state, 9)
     cache = state.cache
-    target = pipe.models.prompt_kv("a volcano").k[0]
+    target = pipe.models.text_kv(pipe.models.prompt_states("a volcano")).k[0]
     result = pipe.update(state, {"prompt": "a volcano"})
     assert result.applied == ["prompt"] and not result.reset and state.cache is cache
     distances = []

@@ -40,13 +40,12 @@ class VideoModels:
     def latent_size(self, width: int, height: int) -> tuple[int, int]:
         return height // self.vae.spatial_factor, width // self.vae.spatial_factor
 
-    def prompt_kv(self, text: str) -> TextKV:
-        """Cross-attention K/V of every layer for one prompt (the encoder states are cached too)."""
-        return self.transformer.text_kv(self.text_encoder.encode(text))
+    def prompt_states(self, text: str) -> torch.Tensor:
+        """(1, text_len, dim) text encoder states of a prompt (cached per prompt text)."""
+        return self.text_encoder.encode(text)
 
-    def blended_prompt_kv(self, old: str, new: str, weight: float) -> TextKV:
-        """K/V of the encoder states mixed (1-weight)*old + weight*new: a prompt transition."""
-        states = torch.lerp(self.text_encoder.encode(old).float(), self.text_encoder.encode(new).float(), weight)
+    def text_kv(self, states: torch.Tensor) -> TextKV:
+        """Cross-attention K/V of every layer for encoder states (a prompt's, or a blend of two)."""
         return self.transformer.text_kv(states)
 
     def new_cache(

@@ -242,14 +242,3 @@ class RollingKVCache:
         self._write(layer, plan, q, k_new, v_new)
         rows = slice(plan.rows.start, plan.rows.stop)
         return F.scaled_dot_product_attention(q, self.k[layer, rows], self.v[layer, rows], attn_mask=plan.mask)
-
-    # ---- stream-batch slots -------------------------------------------------------------------
-
-    def copy_row(self, src: int, dst: int) -> None:
-        """Make row `dst` an exact copy of row `src` (keys, values, tables, pool)."""
-        self.k[:, dst] = self.k[:, src]
-        self.v[:, dst] = self.v[:, src]
-        t = self.tables[src]
-        self.tables[dst] = RowTable(list(t.frame), list(t.position), t.pool_filled)
-        self.pool_frame[:, dst] = self.pool_frame[:, src]
-        self.pool_position[:, dst] = self.pool_position[:, src]

@@ -126,12 +126,12 @@ class RollingKVPipeline:
             state.__dict__.update(fresh.__dict__)
             return UpdateResult(applied=changed, reset=True, discarded_frames=discarded)
         if "prompt" in changed:
+            target = self.models.prompt_states(new.prompt)
             if new.transition_chunks > 0 and state.started:
-                old = state.transition.new if state.transition else state.prompt
-                state.transition = PromptTransition(old, new.prompt, new.transition_chunks)
+                state.transition = PromptTransition(state.text_states, target, new.transition_chunks)
             else:
-                state.text, state.transition = self.models.prompt_kv(new.prompt), None
-            state.prompt = new.prompt
+                text = self.models.text_kv(target)
+                state.text_states, state.text, state.transition = target, text, None
         state.timesteps = step_timesteps(new.mode, new.steps, new.strength)
         state.params = new
         return UpdateResult(applied=changed)
@@ -144,14 +144,15 @@ class RollingKVPipeline:
         frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
         cache = m.new_cache(rows, params.width, params.height, params.sink_frames, params.window_frames,
                             _eviction(params, frame_tokens), _positions(params))
+        states = m.prompt_states(params.prompt)
         return RollingKVState(
             params=params,
             stream_id=stream_id,
             timesteps=step_timesteps(params.mode, params.steps, params.strength),
             cache=cache,
             vae=m.vae.new_state(),
-            text=m.prompt_kv(params.prompt),
-            prompt=params.prompt,
+            text_states=states,
+            text=m.text_kv(states),
             slots=[None] * params.steps if params.kv_mode == "stream-batch" else [],
         )
 
@@ -290,12 +291,13 @@ class RollingKVPipeline:
         if not calls:
             return
         self._forward(calls)
+        job_of = {id(j.state): j for j in jobs}
         for call in calls:
             s = call.state
             for row, chunk, x0 in zip(call.rows, call.chunks, call.x0.split(1)):
                 if row == s.num_steps - 1:
                     chunk.latents = x0
-                    next(j for j in jobs if j.state is s).exits.append(chunk)
+                    job_of[id(s)].exits.append(chunk)
                 else:
                     chunk.latents = self._renoise(s, chunk, x0, row + 1)
         for job in jobs:  # every chunk moves one step on
@@ -363,10 +365,10 @@ class RollingKVPipeline:
         if t is None:
             return
         t.done += 1
+        states = t.target if t.done >= t.chunks else torch.lerp(t.start.float(), t.target.float(), t.done / t.chunks).to(t.target.dtype)
+        state.text_states, state.text = states, self.models.text_kv(states)
         if t.done >= t.chunks:
-            state.text, state.transition = self.models.prompt_kv(t.new), None
-        else:
-            state.text = self.models.blended_prompt_kv(t.old, t.new, t.done / t.chunks)
+            state.transition = None
 
     # ---- pictures in and out ------------------------------------------------------------------
 

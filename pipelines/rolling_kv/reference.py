@@ -30,7 +30,7 @@ def generate_sequential(
     frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
     cache = m.new_cache(params.steps, params.width, params.height, params.sink_frames, params.window_frames,
                         _eviction(params, frame_tokens), _positions(params))
-    text = m.prompt_kv(params.prompt)
+    text = m.text_kv(m.prompt_states(params.prompt))
     vae_in, vae_out = m.vae.new_state(), m.vae.new_state()
     controller = MotionNoiseController()
     timesteps = step_timesteps(params.mode, params.steps, params.strength)

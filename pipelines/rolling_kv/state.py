@@ -38,10 +38,11 @@ class Chunk:
 
 @dataclass
 class PromptTransition:
-    """A prompt change blending in over `chunks` forwards."""
+    """A prompt change blending in over `chunks` forwards, from the encoder states in use when it
+    began (a blend, if it interrupted another transition) to the new prompt's."""
 
-    old: str
-    new: str
+    start: torch.Tensor
+    target: torch.Tensor
     chunks: int
     done: int = 0
 
@@ -55,10 +56,10 @@ class RollingKVState:
     cache: RollingKVCache
     """Rows: one per step in stream-batch mode (row i keeps keys computed at step i), else one."""
     vae: VAEStreamState
+    text_states: torch.Tensor
+    """(1, text_len, dim) encoder states in use (a blend while a transition runs)."""
     text: TextKV
-    """Cross-attention K/V of the current (possibly blended) prompt."""
-    prompt: str
-    """The prompt the stream is heading to (a transition may still be blending it in)."""
+    """Cross-attention K/V of `text_states`, every layer."""
     transition: PromptTransition | None = None
     controller: MotionNoiseController = field(default_factory=MotionNoiseController)
     pending: list[tuple[VideoFrame | None, torch.Tensor]] = field(default_factory=list)

@@ -46,7 +46,8 @@ def load_video_models(
 ) -> VideoModels:
     preset = get_video_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    # Wan and umT5 were trained in bf16, and umT5 overflows in fp16: bf16 where `auto` would say fp16.
+    dt = torch.bfloat16 if dtype == "auto" and dev.type == "cuda" else resolve_dtype(dtype, dev)
     root = Path(model_dir) if model_dir is not None else None
     if root is not None and not root.is_dir():
         raise ModelLoadError(f"model folder {root} does not exist")

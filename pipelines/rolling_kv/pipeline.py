@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, create_model
 
 from models.video.bundle import VideoModels
-from models.video.eviction import AdaptiveSinkRefresh, FifoEviction, ImportanceKeep
-from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, SinkRealign
+from models.video.eviction import AdaptiveSinkRefresh, EvictionPolicy, FifoEviction, ImportanceKeep
+from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, PositionPolicy, SinkRealign
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
 from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
@@ -143,7 +143,7 @@ class RollingKVPipeline:
         rows = params.steps if params.kv_mode == "stream-batch" else 1
         frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
         cache = m.new_cache(rows, params.width, params.height, params.sink_frames, params.window_frames,
-                            _eviction(params, frame_tokens), _positions(params))
+                            eviction_policy(params, frame_tokens), position_policy(params))
         states = m.prompt_states(params.prompt)
         return RollingKVState(
             params=params,
@@ -376,7 +376,7 @@ class RollingKVPipeline:
         frames = []
         for chunk in job.exits:
             pictures = self.models.vae.decode(chunk.latents, job.state.vae)[0].transpose(0, 1)  # (P, 3, H, W)
-            images = _to_uint8(pictures)
+            images = to_uint8(pictures)
             frames.extend(meta.with_image(image) for meta, image in zip(chunk.outputs, images) if meta is not None)
         return frames
 
@@ -397,7 +397,8 @@ class RollingKVPipeline:
         return (x[0] / 127.5 - 1.0).to(m.dtype)
 
 
-def _eviction(params: RollingKVParams, frame_tokens: int):
+def eviction_policy(params: RollingKVParams, frame_tokens: int) -> EvictionPolicy:
+    """A stream's eviction policy (a fresh object per stream: some keep per-stream settings)."""
     if params.eviction == "adaptive-sink":
         return AdaptiveSinkRefresh(params.sink_refresh_threshold)
     if params.eviction == "importance":
@@ -405,14 +406,14 @@ def _eviction(params: RollingKVParams, frame_tokens: int):
     return FifoEviction()
 
 
-def _positions(params: RollingKVParams):
+def position_policy(params: RollingKVParams) -> PositionPolicy:
     if params.positions == "periodic-reset":
         reset_to = params.reset_to if params.reset_to is not None else params.kv_cache_frames - 1
         return PeriodicReset(params.reset_at, min(reset_to, params.reset_at - 1))
     return {"absolute": AbsolutePositions, "cache-relative": CacheRelative, "sink-realign": SinkRealign}[params.positions]()
 
 
-def _to_uint8(pictures: torch.Tensor) -> list[np.ndarray]:
+def to_uint8(pictures: torch.Tensor) -> list[np.ndarray]:
     """(P, 3, H, W) in [-1, 1] -> P arrays (H, W, 3) uint8, with one device-to-host copy."""
     pixels = ((pictures.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return list(pixels)

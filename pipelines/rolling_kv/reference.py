@@ -15,7 +15,7 @@ from models.video.transformer import CachedRows
 from models.video.vae import pixel_frames
 from pipelines.rolling_kv.noise_controller import MotionNoiseController
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, _eviction, _positions
+from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, eviction_policy, position_policy, to_uint8
 from pipelines.rolling_kv.schedule import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
 
 
@@ -29,7 +29,7 @@ def generate_sequential(
     shift = m.preset.timestep_shift
     frame_tokens = m.transformer.tokens_per_frame(*m.latent_size(params.width, params.height))
     cache = m.new_cache(params.steps, params.width, params.height, params.sink_frames, params.window_frames,
-                        _eviction(params, frame_tokens), _positions(params))
+                        eviction_policy(params, frame_tokens), position_policy(params))
     text = m.text_kv(m.prompt_states(params.prompt))
     vae_in, vae_out = m.vae.new_state(), m.vae.new_state()
     controller = MotionNoiseController()
@@ -62,7 +62,5 @@ def generate_sequential(
             if i < params.steps - 1:
                 noise = keyed_noise(params.seed, frames[0], i + 1, tuple(x0.shape), m.device, m.dtype)
                 x = add_noise(x0, noise, float(sigma_of(timesteps[i + 1], shift)))
-        decoded = m.vae.decode(x0, vae_out)[0].transpose(0, 1)
-        pixels = ((decoded.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out.extend(pixels)
+        out.extend(to_uint8(m.vae.decode(x0, vae_out)[0].transpose(0, 1)))
     return out

@@ -24,6 +24,6 @@ def test_environment_overrides_defaults_and_flags_override_environment(monkeypat
 def test_presets_command_lists_every_preset():
     out = subprocess.run([sys.executable, "-m", "app.cli", "presets"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for name in ("tiny", "sd-turbo", "sdxl-turbo", "sd15-lcm"):
+    for name in ("tiny", "sd-turbo", "sdxl-turbo", "sd15-lcm", "tiny-video", "wan-causal-1.3b"):
         assert f"\n{name} " in "\n" + out.stdout
     assert "madebyollin/taesd" in out.stdout

@@ -73,7 +73,8 @@ class SessionManager:
 
     async def create(self, pipeline_name: str | None, params: Mapping[str, Any], slo: SloSpec) -> Session:
         if not self.worker.ready.is_set():
-            raise StreamError(ErrorCode.NOT_READY, "models are still loading; see /health")
+            state = f"loading the models failed ({self.worker.failed})" if self.worker.failed else "models are still loading"
+            raise StreamError(ErrorCode.NOT_READY, f"{state}; see /health")
         name = pipeline_name or self.default_pipeline
         pipeline = self.worker.pipelines.get(name or "")
         if pipeline is None:

@@ -38,6 +38,9 @@ class LatestSlot(Generic[T]):
             if self._item is None:
                 self._item = item
 
+    def peek(self) -> T | None:
+        return self._item
+
     def take(self) -> T | None:
         with self._lock:
             item, self._item = self._item, None

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _WARMUP_MAX_TICKS = 8
+# How long ready inputs may wait for the other streams of their pipeline: a share of its step
+# time, capped so that a stream that has paused costs the others little.
+GATHER_SHARE = 0.25
+GATHER_CAP_S = 0.010
 
 
 class ComputeWorker:
@@ -41,6 +45,7 @@ class ComputeWorker:
         self.failed: BaseException | None = None
         self.finished_loading = threading.Event()   # set on success and on failure
         self._sessions: dict[str, Session] = {}      # worker thread only
+        self._step_s: dict[str, float] = {}           # recent step time per pipeline (moving average)
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -106,8 +111,10 @@ class ComputeWorker:
     def _tick(self) -> TickPlan:
         self._run_commands()
         self._forward_audio()
-        views = [StreamView(s.id, s.pipeline_name, s.needs_input, bool(s.video_in), s.next_due) for s in self._sessions.values()]
-        plan = plan_tick(views, time.monotonic(), self.max_batch)
+        views = [StreamView(s.id, s.pipeline_name, s.needs_input, _queued_at(s.video_in.peek()), s.next_due)
+                 for s in self._sessions.values()]
+        gather = {name: min(GATHER_CAP_S, GATHER_SHARE * step) for name, step in self._step_s.items()}
+        plan = plan_tick(views, time.monotonic(), self.max_batch, gather)
         for batch in plan.batches:
             self._run_batch(batch)
         return plan
@@ -155,6 +162,8 @@ class ComputeWorker:
         finished = time.monotonic()
         pipeline_metrics = entries[0][0].metrics
         pipeline_metrics.model_time.observe(finished - started)
+        previous = self._step_s.get(batch.pipeline, finished - started)
+        self._step_s[batch.pipeline] = 0.8 * previous + 0.2 * (finished - started)
         pipeline_metrics.batch_size.observe(len(entries))
         for (session, frame), output in zip(entries, outputs):
             if output is None:
@@ -205,6 +214,10 @@ class ComputeWorker:
             out.stamp("started", started)
         out.stamp("finished", finished)
         session.emit(OutputFrame(out, reused))
+
+
+def _queued_at(frame: VideoFrame | None) -> float | None:
+    return None if frame is None else frame.timestamps.get("queued", 0.0)
 
 
 def warm_up(pipeline: Pipeline) -> None:

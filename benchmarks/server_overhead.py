@@ -100,14 +100,20 @@ async def run_server(base_url: str, name: str, params: dict, depth: int, session
                 sent[frame_id] = time.perf_counter()
                 await client.send_encoded(payload, size, size, frame_id=frame_id, pts=frame_id / 30)
 
+            # Fill the pipe one frame at a time (two frames at once would make latest-wins drop
+            # one), then keep one more frame outstanding than the pipe holds.
             for frame_id in range(depth + 1):
                 await send(frame_id)
+                while frame_id < depth and (await client.stats())["frames_stepped"] <= frame_id:
+                    await asyncio.sleep(0.01)
             next_id = depth + 1
             while not stop.is_set():
                 try:
-                    frame = await client.receive_frame(timeout=30)
+                    frame = await client.receive_frame(timeout=5 + 2 * depth)
                 except TimeoutError:
-                    break
+                    await send(next_id)  # an input was dropped after all: refill so the pipe moves on
+                    next_id += 1
+                    continue
                 now = time.perf_counter()
                 arrivals.append((now, now - sent[frame.frame_id]))
                 await send(next_id)
@@ -116,7 +122,8 @@ async def run_server(base_url: str, name: str, params: dict, depth: int, session
 
     tasks = [asyncio.create_task(session()) for _ in range(sessions)]
     warm_until = time.perf_counter() + min(2.0, seconds / 3)
-    while len(arrivals) < WARMUP_STEPS * sessions or time.perf_counter() < warm_until:
+    give_up = time.perf_counter() + 120
+    while (len(arrivals) < WARMUP_STEPS * sessions or time.perf_counter() < warm_until) and time.perf_counter() < give_up:
         await asyncio.sleep(0.05)
     start = time.perf_counter()
     await asyncio.sleep(seconds)
@@ -142,6 +149,8 @@ def start_server(args, pipelines: list[str]) -> tuple[subprocess.Popen, str]:
     if args.random_weights:
         command.append("--random-weights")
     env = {k: v for k, v in os.environ.items() if k != "LATENTCAST_API_TOKEN"}  # loopback: no token needed
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -177,7 +186,10 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels (stream-diffusion width/height)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured time per row")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, here and in the server (on a shared CPU, 1 is steadier)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.pipelines.split(",")
     counts = [int(n) for n in args.sessions.split(",")]
 
@@ -185,7 +197,7 @@ def main() -> None:
     try:
         print(f"machine: {machine()}")
         print(f"settings: preset {args.preset}, device {args.device}, {args.size}x{args.size} JPEG in and out, "
-              f"{args.seconds:g} s per row\n")
+              f"{args.seconds:g} s per row, {torch.get_num_threads()} torch threads\n")
         print("| pipeline | sessions | direct fps | server fps | ratio | direct p50 / p95 ms | server p50 / p95 ms | server drops |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:

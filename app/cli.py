@@ -24,12 +24,14 @@ COMMANDS = {
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset/--device/--dtype/--model-dir/--random-weights; unset flags fall back to Settings."""
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", help="model preset (default: LATENTCAST_PRESET or tiny)")
+    group.add_argument("--preset", help="model preset, see `latentcast presets` (default: LATENTCAST_PRESET, "
+                       "else the pipeline's own default)")
     group.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     group.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
     group.add_argument("--model-dir", type=Path, help="local folder with the preset's weights (diffusers layout)")
     group.add_argument("--random-weights", action="store_true", default=None,
                        help="build the preset's real architecture with random weights (no download; for speed tests)")
+    group.add_argument("--threads", type=int, help="CPU threads for model compute (default: torch's choice)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

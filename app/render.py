@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from app.cli import add_model_arguments, settings_from_args
 from pipelines.base import ParamError, Pipeline, PipelineKind, validation_to_param_error
-from pipelines.registry import ModelOptions, UnknownPipelineError, load_pipeline
+from pipelines.registry import PipelinePlanError, UnknownPipelineError, load_pipeline, plan_pipelines
 from streaming.frames import VideoFrame
 from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
 
@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", nargs="?", type=Path, help="video file to transform (omit it for txt2img)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="file to write; its extension picks the container (.mp4, .mkv, .mov, .webm)")
-    parser.add_argument("--pipeline", default="stream-diffusion",
-                        help="pipeline to run (default: stream-diffusion; passthrough only re-encodes)")
+    parser.add_argument("--pipeline",
+                        help="pipeline to run (default: the one --preset belongs to, else stream-diffusion; "
+                        "passthrough only re-encodes)")
     add_model_arguments(parser)
 
     gen = parser.add_argument_group("generation (defaults come from the preset)")
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{err}; leave the input's audio out with --no-audio")
     except MediaFileError as err:
         return _fail(str(err))
-    except UnknownPipelineError as err:
+    except (UnknownPipelineError, PipelinePlanError) as err:
         return _fail(str(err), status=2)
     except ValueError as err:  # unknown preset, missing weights: the loaders' messages say it all
         return _fail(str(err))
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     _check_arguments(args)
     settings = settings_from_args(args)
+    (pipeline_name, preset), *_ = plan_pipelines([args.pipeline] if args.pipeline else None, settings.preset)
     # Unwound in reverse: the decode thread stops, then the output is finished (or removed),
     # then the input is closed.
     with ExitStack() as stack:
@@ -120,22 +122,27 @@ def _render(args: argparse.Namespace) -> int:
             frame_rate = args.fps or DEFAULT_TXT2IMG_FPS
             time_base = 1 / frame_rate
             total = args.frames
-            size = (args.width, args.height) if args.width and args.height else None
             audio_from = None
         else:
             info = reader.info
             frame_rate = args.fps or info.frame_rate
             time_base = 1 / args.fps if args.fps else info.time_base
             total = round(info.duration * args.fps) if args.fps and info.duration else info.frame_count
-            size = _output_size(args.width, args.height, info.width, info.height)
             audio_from = args.input if info.has_audio and not args.no_audio else None
 
         # The output is checked before the model loads: loading may take minutes.
         writer = stack.enter_context(VideoFileWriter(
             args.output, frame_rate=frame_rate, time_base=time_base, audio_from=audio_from, crf=args.crf))
-        pipeline = load_pipeline(args.pipeline, ModelOptions(
-            preset=settings.preset, device=settings.device, dtype=settings.dtype,
-            model_dir=settings.model_dir, random_weights=settings.random_weights))
+        pipeline = load_pipeline(pipeline_name, settings.model_options(preset, settings.model_dir))
+        multiple = _size_multiple(pipeline)
+        for name in ("width", "height"):
+            if getattr(args, name) is not None and getattr(args, name) % multiple:
+                raise UsageError(f"--{name} must be a multiple of {multiple} for the {pipeline.name} pipeline, "
+                                 f"got {getattr(args, name)}")
+        if reader is None:
+            size = (args.width, args.height) if args.width and args.height else None
+        else:
+            size = _output_size(args.width, args.height, reader.info.width, reader.info.height, multiple)
         state = pipeline.new_state(_stream_params(args, pipeline, reader is None, size))
 
         if reader is None:
@@ -168,25 +175,32 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--frames must be at least 1, got {args.frames}")
     for name in ("width", "height"):
         value = getattr(args, name)
-        if value is not None and (value <= 0 or value % 8):
-            raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name} must be positive, got {value}")
     if args.input is None and (args.width is None) != (args.height is None):
         raise UsageError("without an input video give both --width and --height, or neither")
     if args.input is not None and args.output.resolve() == args.input.resolve():
         raise UsageError("the output would overwrite the input; choose another output name")
 
 
-def _output_size(width: int | None, height: int | None, in_width: int, in_height: int) -> tuple[int, int]:
-    """The requested size; a missing side follows the input's aspect; all rounded down to 8."""
+def _size_multiple(pipeline: Pipeline) -> int:
+    """What the output's sides must be a multiple of: the pipeline's own step (8 for latent
+    diffusion, 16 for Wan video), and at least 2 for the encoders' 4:2:0 chroma."""
+    fields = pipeline.params_model.model_json_schema().get("properties", {})
+    return max(2, int(fields.get("width", {}).get("multipleOf", 2)))
+
+
+def _output_size(width: int | None, height: int | None, in_width: int, in_height: int, multiple: int) -> tuple[int, int]:
+    """The requested size; a missing side follows the input's aspect, rounded down to `multiple`."""
     if width is None and height is None:
         width, height = in_width, in_height
     elif height is None:
         height = round(width * in_height / in_width)
     elif width is None:
         width = round(height * in_width / in_height)
-    if width < 8 or height < 8:
+    if width < multiple or height < multiple:
         raise UsageError(f"the output size {width}x{height} is too small; give --width and --height")
-    return width // 8 * 8, height // 8 * 8
+    return width // multiple * multiple, height // multiple * multiple
 
 
 def _stream_params(args: argparse.Namespace, pipeline: Pipeline, txt2img: bool,

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; any other needs LATENTCAST_API_TOKEN)")
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--pipelines", type=lambda s: [p for p in s.split(",") if p],
-                        help="comma-separated pipelines to load, the first is the default (default: stream-diffusion,passthrough)")
+                        help="comma-separated pipelines to load as NAME or NAME:PRESET, the first is the default "
+                        "(default: the pipeline of --preset, stream-diffusion without one, and passthrough)")
     parser.add_argument("--max-sessions", type=int, help="admission limit: sessions beyond it are refused as busy")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     add_model_arguments(parser)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except TokenRequired as err:
+    except (TokenRequired, ValueError) as err:  # no token for a public bind; unknown pipeline or preset
         print(f"latentcast: {err}", file=sys.stderr)
         return 2
     server = uvicorn.Server(uvicorn_config(app, settings))

@@ -7,7 +7,6 @@ through exactly the same server.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,13 +26,12 @@ from app.routes_system import router as system_router
 from app.settings import Settings
 from app.ws import router as ws_router
 from pipelines.base import Pipeline
-from pipelines.registry import ModelOptions, load_pipeline, pipeline_names
+from pipelines.registry import load_pipeline, plan_pipelines
 from streaming.errors import ErrorCode, StreamError
 from streaming.metrics import ServerMetrics
 from streaming.sessions import SessionManager
 from streaming.worker import ComputeWorker
 
-log = logging.getLogger(__name__)
 
 _HTTP_STATUS = {ErrorCode.BUSY: 503, ErrorCode.NOT_READY: 503, ErrorCode.UNKNOWN_SESSION: 404,
                 ErrorCode.SESSION_ATTACHED: 409, ErrorCode.INTERNAL: 500}
@@ -45,26 +43,26 @@ def web_root() -> Path:
     return Path(str(files("web")))
 
 
-def load_configured_pipelines(settings: Settings) -> dict[str, Pipeline]:
-    """The pipelines named in the settings, in order (the first is the default), built once."""
-    options = ModelOptions(preset=settings.preset, device=settings.device, dtype=settings.dtype,
-                           model_dir=settings.model_dir, random_weights=settings.random_weights)
-    installed = set(pipeline_names())
-    loaded: dict[str, Pipeline] = {}
-    for name in settings.pipelines:
-        if name not in installed:
-            log.warning("pipeline %r is not installed here; skipped (installed: %s)", name, ", ".join(sorted(installed)))
-            continue
-        loaded[name] = load_pipeline(name, options)
-    if not loaded:
-        raise RuntimeError(f"none of the pipelines {settings.pipelines} is installed")
-    return loaded
+def load_configured_pipelines(plan: list[tuple[str, str | None]], settings: Settings) -> dict[str, Pipeline]:
+    """The planned pipelines, in order (the first is the default), each built once.
+
+    --model-dir belongs to --preset's pipeline (without --preset, to the first that loads a model).
+    """
+    owner = next((name for name, preset in plan if preset and preset == settings.preset), None)
+    owner = owner or next((name for name, preset in plan if preset), None)
+    return {
+        name: load_pipeline(name, settings.model_options(preset, settings.model_dir if name == owner else None))
+        for name, preset in plan
+    }
 
 
 def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pipeline]] | None = None) -> FastAPI:
     api_token = settings.api_token.get_secret_value() if settings.api_token else None
     check_bind(settings.host, api_token)
-    worker = ComputeWorker(load_pipelines or (lambda: load_configured_pipelines(settings)),
+    if load_pipelines is None:
+        plan = plan_pipelines(settings.pipelines, settings.preset)  # a bad name fails here, before binding
+        load_pipelines = lambda: load_configured_pipelines(plan, settings)  # noqa: E731
+    worker = ComputeWorker(load_pipelines,
                            warmup=settings.warmup, max_batch=settings.max_batch)
     metrics = ServerMetrics()
     sessions = SessionManager(worker, metrics, max_sessions=settings.max_sessions,

@@ -11,23 +11,28 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.registry import ModelOptions
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTCAST_", env_file=".env", extra="ignore")
 
     host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback requires an API token.")
     port: int = Field(8000, ge=0, le=65535)
-    preset: str = Field("tiny", description="Model preset to load at startup (see `latentcast presets`).")
+    preset: str | None = Field(None, description="Model preset (see `latentcast presets`); it also picks the default "
+                               "pipeline. Unset: each pipeline's default (stream-diffusion: style, rolling-kv-video: tiny-video).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")
-    model_dir: Path | None = Field(None, description="Local folder with the preset's weights in diffusers layout.")
+    model_dir: Path | None = Field(None, description="Local folder with the weights of --preset (diffusers layout).")
     random_weights: bool = Field(False, description="Build the preset's real architecture with random weights (speed tests).")
     api_token: SecretStr | None = Field(None, description="Bearer token required by every route when set.")
     max_sessions: int = Field(8, ge=1, description="Admission control: more sessions are refused as busy.")
     session_idle_timeout_s: float = Field(60.0, gt=0)
     log_level: str = "info"
-    pipelines: list[str] = Field(["stream-diffusion", "passthrough"],
-                                 description="Pipelines `serve` loads, the first is the default; ones not installed are skipped.")
+    pipelines: list[str] | None = Field(
+        None, description="Pipelines `serve` loads, as `name` or `name:preset`; the first is the default. "
+        "Unset: the pipeline of --preset (stream-diffusion without one) and passthrough.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for model compute; unset keeps torch's choice.")
     warmup: bool = Field(True, description="Run each pipeline once at startup so the first client does not pay for it.")
     max_batch: int = Field(16, ge=1, description="Most streams one batched step serves.")
     max_message_bytes: int = Field(16 * 2**20, ge=1024, description="Largest WebSocket message accepted.")
@@ -38,6 +43,11 @@ class Settings(BaseSettings):
     audio_buffer_s: float = Field(2.0, gt=0, description="Audio a session may queue before chunks are refused.")
     stats_interval_s: float = Field(1.0, gt=0, description="How often a stream is sent a `stats` message.")
     browser_token_ttl_s: float = Field(900.0, gt=0, description="Lifetime of the short-lived tokens given to browsers.")
+
+
+    def model_options(self, preset: str | None, model_dir: Path | None = None) -> ModelOptions:
+        return ModelOptions(preset=preset, device=self.device, dtype=self.dtype, model_dir=model_dir,
+                            random_weights=self.random_weights, threads=self.threads)
 
 
 def load_settings(**overrides) -> Settings:

@@ -17,11 +17,14 @@ class UnknownPipelineError(ValueError):
 class ModelOptions:
     """Where a pipeline's weights come from and where they run."""
 
-    preset: str = "tiny"
+    preset: str | None = None
+    """None: the pipeline's default preset."""
     device: str = "auto"
     dtype: str = "auto"
     model_dir: Path | None = None
     random_weights: bool = False
+    threads: int | None = None
+    """CPU threads for compute (torch's intra-op pool); None keeps torch's choice."""
 
 
 def _passthrough(options: ModelOptions) -> Pipeline:
@@ -35,7 +38,7 @@ def _stream_diffusion(options: ModelOptions) -> Pipeline:
     from pipelines.stream_diffusion.pipeline import StreamDiffusionPipeline
 
     models = load_diffusion_models(
-        options.preset, options.device, options.dtype, options.model_dir, options.random_weights
+        options.preset or DEFAULT_PRESETS["stream-diffusion"], options.device, options.dtype, options.model_dir, options.random_weights
     )
     return StreamDiffusionPipeline(models)
 
@@ -45,7 +48,7 @@ def _rolling_kv_video(options: ModelOptions) -> Pipeline:
     from pipelines.rolling_kv.pipeline import RollingKVPipeline
 
     models = load_video_models(
-        options.preset, options.device, options.dtype, options.model_dir, options.random_weights
+        options.preset or DEFAULT_PRESETS["rolling-kv-video"], options.device, options.dtype, options.model_dir, options.random_weights
     )
     return RollingKVPipeline(models)
 
@@ -57,8 +60,69 @@ _BUILDERS: dict[str, Callable[[ModelOptions], Pipeline]] = {
 }
 
 
+def _diffusion_presets() -> list[str]:
+    from models.presets import preset_names
+
+    return preset_names()
+
+
+def _video_presets() -> list[str]:
+    from models.video.presets import video_preset_names
+
+    return video_preset_names()
+
+
+# Pipelines that load a model: their presets, and the preset used when none of theirs is named
+# (one whose weights need no download, so a plain `latentcast serve` works anywhere).
+_PRESETS: dict[str, Callable[[], list[str]]] = {"stream-diffusion": _diffusion_presets, "rolling-kv-video": _video_presets}
+DEFAULT_PRESETS = {"stream-diffusion": "style", "rolling-kv-video": "tiny-video"}
+DEFAULT_PIPELINE = "stream-diffusion"
+
+
+class PipelinePlanError(ValueError):
+    pass
+
+
 def pipeline_names() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def pipeline_for_preset(preset: str) -> str:
+    for name, presets in _PRESETS.items():
+        if preset in presets():
+            return name
+    known = [p for presets in _PRESETS.values() for p in presets()]
+    raise PipelinePlanError(f"unknown preset {preset!r}; choose one of {', '.join(known)}")
+
+
+def plan_pipelines(entries: list[str] | None, preset: str | None) -> list[tuple[str, str | None]]:
+    """Which pipelines to load and each one's preset, from `name` or `name:preset` entries.
+
+    `preset` (the --preset flag) goes to the pipeline it belongs to; without entries that
+    pipeline comes first, with passthrough beside it. A pipeline given no preset of its own
+    loads its default one.
+    """
+    if not entries:
+        entries = list(dict.fromkeys([pipeline_for_preset(preset) if preset else DEFAULT_PIPELINE, "passthrough"]))
+    plan, used = [], False
+    for entry in entries:
+        name, _, explicit = entry.partition(":")
+        if name not in _BUILDERS:
+            raise UnknownPipelineError(f"unknown pipeline {name!r}; choose one of {', '.join(pipeline_names())}")
+        if name not in _PRESETS:
+            if explicit:
+                raise PipelinePlanError(f"pipeline {name!r} loads no model, so it takes no preset ({entry!r})")
+            plan.append((name, None))
+            continue
+        own = _PRESETS[name]()
+        chosen = explicit or (preset if preset in own else DEFAULT_PRESETS[name])
+        if chosen not in own:
+            raise PipelinePlanError(f"preset {chosen!r} is not a {name} preset; choose one of {', '.join(own)}")
+        used |= chosen == preset
+        plan.append((name, chosen))
+    if preset and not used:
+        raise PipelinePlanError(f"preset {preset!r} is for the {pipeline_for_preset(preset)} pipeline, which is not loaded")
+    return plan
 
 
 def load_pipeline(name: str, options: ModelOptions | None = None) -> Pipeline:
@@ -67,4 +131,9 @@ def load_pipeline(name: str, options: ModelOptions | None = None) -> Pipeline:
         builder = _BUILDERS[name]
     except KeyError:
         raise UnknownPipelineError(f"unknown pipeline {name!r}; choose one of {', '.join(pipeline_names())}") from None
-    return builder(options or ModelOptions())
+    options = options or ModelOptions()
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    return builder(options)

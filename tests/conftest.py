@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# One compute thread for the whole suite and the processes it starts: on a 2-core machine,
+# torch's OpenMP threads spin against the server threads (and any other process) and tiny
+# models then run many times slower. Set before torch is imported anywhere.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping

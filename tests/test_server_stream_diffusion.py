@@ -9,7 +9,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.server import load_configured_pipelines
 from conftest import make_settings, serve_in_thread
 from media import moving_picture
 from streaming.client import StreamClient
@@ -21,7 +20,7 @@ PARAMS = {"width": SIZE, "height": SIZE, "t_index_list": [32, 45], "seed": 7}
 @pytest.fixture(scope="module")
 def base_url():
     settings = make_settings(preset="tiny", device="cpu", pipelines=["stream-diffusion", "passthrough"], warmup=True)
-    with serve_in_thread(settings, lambda: load_configured_pipelines(settings)) as url:
+    with serve_in_thread(settings) as url:
         yield url
 
 

@@ -18,15 +18,6 @@ HEADS, HEAD_DIM, H, W = 2, 12, 2, 2
 N = H * W  # tokens per frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: threads only add contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_cache(sinks=2, window=3, layers=1, rows=1, **policies):
     layout = CacheLayout(layers, HEADS, HEAD_DIM, N, sinks, window, getattr(policies.get("eviction"), "pool_tokens", 0))
     return RollingKVCache(layout, rows, Rope3D(HEAD_DIM), **policies)

@@ -21,14 +21,6 @@ TINY = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, 
             text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

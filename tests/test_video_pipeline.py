@@ -27,14 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return load_pipeline("rolling-kv-video", ModelOptions(preset="tiny-video"))

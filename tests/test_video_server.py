@@ -8,7 +8,6 @@ import asyncio
 
 import pytest
 
-from app.server import load_configured_pipelines
 from conftest import make_settings, serve_in_thread
 from media import moving_picture
 from streaming.client import StreamClient
@@ -19,7 +18,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def base_url():
     settings = make_settings(preset="tiny-video", device="cpu", pipelines=["rolling-kv-video"], warmup=True)
-    with serve_in_thread(settings, lambda: load_configured_pipelines(settings)) as url:
+    with serve_in_thread(settings) as url:
         yield url
 
 

@@ -86,7 +86,9 @@ class AuthMiddleware:
         self.authority = authority
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not self.authority.enabled:
+        if scope["type"] not in ("http", "websocket") or not self.authority.enabled or scope.get("method") == "OPTIONS":
+            # OPTIONS is a CORS preflight, which browsers send without credentials; the routes
+            # that answer it (WHIP, WHEP) only describe themselves.
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

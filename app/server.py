@@ -21,8 +21,12 @@ from fastapi.staticfiles import StaticFiles
 from app import __version__
 from app.auth import AuthMiddleware, TokenAuthority, check_bind
 from app.context import ServerContext
+from app.peers import router as peers_router
 from app.routes_sessions import router as sessions_router
 from app.routes_system import router as system_router
+from app.routes_webrtc import router as webrtc_router
+from app.routes_whep import router as whep_router
+from app.routes_whip import router as whip_router
 from app.settings import Settings
 from app.ws import router as ws_router
 from pipelines.base import Pipeline
@@ -90,6 +94,10 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     app.include_router(system_router)
     app.include_router(sessions_router)
     app.include_router(ws_router)
+    app.include_router(peers_router)  # its lifespan closes every WebRTC peer before the sessions go
+    app.include_router(webrtc_router)
+    app.include_router(whip_router)
+    app.include_router(whep_router)
     app.add_exception_handler(StreamError, _stream_error_response)
     app.add_exception_handler(RequestValidationError, _validation_error_response)
     app.mount("/", StaticFiles(directory=web_root(), html=True), name="web")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 from streaming.codec import decode_image
 from streaming.errors import ErrorCode, StreamError
@@ -22,20 +23,24 @@ class LatestDecoder:
     At most one decode runs per stream; a picture that arrives meanwhile waits in a one-slot
     holder, replacing (and counting as dropped) an older waiting one. A client that sends faster
     than we decode therefore builds no backlog, and decoding overlaps the model's step.
-    Callbacks run on the event loop.
+    Callbacks run on the event loop. `decode` turns what `submit` was given (anything with a
+    `frame_id`: an EncodedFrame by default, a received WebRTC picture for that transport) into
+    a VideoFrame.
     """
 
     def __init__(self, executor: Executor, on_frame: Callable[[VideoFrame], None],
-                 on_error: Callable[[StreamError, int], None], on_drop: Callable[[], None]):
+                 on_error: Callable[[StreamError, int], None], on_drop: Callable[[], None],
+                 decode: Callable[[Any], VideoFrame] = decode_frame):
         self._executor = executor
+        self._decode = decode
         self._on_frame = on_frame
         self._on_error = on_error
         self._on_drop = on_drop
         self._busy = False
-        self._waiting: EncodedFrame | None = None
+        self._waiting: Any = None
         self._closed = False
 
-    def submit(self, encoded: EncodedFrame) -> None:
+    def submit(self, encoded: Any) -> None:
         if not self._busy:
             self._start(encoded)
             return
@@ -47,9 +52,9 @@ class LatestDecoder:
         self._closed = True
         self._waiting = None
 
-    def _start(self, encoded: EncodedFrame) -> None:
+    def _start(self, encoded: Any) -> None:
         self._busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._executor, decode_frame, encoded)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, encoded)
         future.add_done_callback(lambda f: self._done(f, encoded.frame_id))
 
     def _done(self, future: asyncio.Future, frame_id: int) -> None:

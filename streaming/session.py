@@ -76,6 +76,9 @@ class Session:
         self.created_wall = time.time()
         self.last_activity = time.monotonic()
         self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
+        # Extra viewers of the output (WHEP players). A tuple, replaced whole, so the worker can
+        # iterate it while the event loop adds or removes one.
+        self.watchers: tuple[Callable[[SessionEvent], None], ...] = ()
         self.closed = False
         self.next_due = time.monotonic()  # next tick of a stream that needs no input
         self.generated = 0                # frame ids of frames made without input
@@ -138,5 +141,15 @@ class Session:
     # --- worker side ---------------------------------------------------------------------
 
     def emit(self, event: SessionEvent) -> None:
-        if self.sink is not None and not self.closed:
+        if self.closed:
+            return
+        if self.sink is not None:
             self.sink(event)
+        for watcher in self.watchers:
+            watcher(event)
+
+    def watch(self, watcher: Callable[[SessionEvent], None]) -> None:
+        self.watchers = (*self.watchers, watcher)
+
+    def unwatch(self, watcher: Callable[[SessionEvent], None]) -> None:
+        self.watchers = tuple(w for w in self.watchers if w is not watcher)

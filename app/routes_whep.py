@@ -1,0 +1,112 @@
+"""WHEP egress (draft-ietf-wish-whep): watch any session's generated output, as many players as
+the server allows, and the receive-only player page built on it (an OBS Browser Source).
+
+    POST /v1/whep/<session id>     offer (application/sdp, receive-only) -> 201 answer + Location
+    DELETE <Location>              stop watching
+    GET  /player/<session id>      the player page: ?background=transparent, ?fit=cover, ?token=
+
+`latest` in place of an id means the newest session with a stream attached (else the newest):
+a player URL that follows whatever OBS publishes, across stops and starts.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
+
+from app.context import ServerContext, server_context
+from app.peers import new_peer, peer_registry
+from app.sdp_exchange import (
+    ENDPOINT_METHODS, RESOURCE_METHODS, SdpError, answer_offer, created, deleted, no_trickle, not_allowed, preflight,
+    read_offer,
+)
+from streaming.errors import ErrorCode, StreamError
+from streaming.session import Session
+from streaming.sessions import SessionManager
+from streaming.webrtc.peer import PeerRegistry
+
+router = APIRouter(tags=["whep"])
+
+MAX_PLAYERS_PER_SESSION = 8  # each player has its own encoder: about a fifth of a core at 512x512
+LATEST = "latest"
+
+
+def watched_session(sessions: SessionManager, session_id: str) -> Session:
+    if session_id != LATEST:
+        return sessions.get(session_id)
+    candidates = sorted(sessions.sessions.values(), key=lambda s: (s.sink is not None, s.created_wall))
+    if not candidates:
+        raise StreamError(ErrorCode.UNKNOWN_SESSION, "no session is running yet")
+    return candidates[-1]
+
+
+@router.post("/v1/whep/{session_id}", status_code=201, response_class=Response, responses={
+    201: {"content": {"application/sdp": {}}, "description": "the SDP answer; Location names the player"},
+    404: {"description": "no such session"}, 415: {"description": "not application/sdp"},
+    422: {"description": "no codec in common"}, 503: {"description": "too many players"}})
+async def watch(session_id: str, request: Request, context: ServerContext = Depends(server_context),
+                peers: PeerRegistry = Depends(peer_registry)) -> Response:
+    """Watch a session's generated video (and audio) over WebRTC (`latest`: the newest session)."""
+    try:
+        offer = await read_offer(request)
+    except SdpError as err:
+        return err.response()
+    session = watched_session(context.sessions, session_id)
+    if peers.watching(session.id) >= MAX_PLAYERS_PER_SESSION:
+        raise StreamError(ErrorCode.BUSY, f"session {session.id} already has {MAX_PLAYERS_PER_SESSION} players")
+    peer = new_peer(context, peers, "whep", receive=False, send=True)
+    try:
+        answer = await answer_offer(peer, offer)
+    except SdpError as err:
+        await peer.close()
+        return err.response()
+    if session.closed:
+        await peer.close()
+        raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} ended")
+    session.watch(peer.sink)
+    peer.bind(session, as_stream=False, release=lambda: session.unwatch(peer.sink))
+    location = str(request.url_for("whep_resource", session_id=session.id, player_id=peer.id))
+    return created(answer, location, session.id)
+
+
+@router.options("/v1/whep/{session_id}", include_in_schema=False)
+async def endpoint_options() -> Response:
+    return preflight(ENDPOINT_METHODS, accept_post=True)
+
+
+@router.api_route("/v1/whep/{session_id}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def endpoint_other() -> Response:
+    return not_allowed(ENDPOINT_METHODS)
+
+
+@router.delete("/v1/whep/{session_id}/{player_id}", name="whep_resource", responses={404: {"description": "no such player"}})
+async def stop_watching(session_id: str, player_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
+    await peers.get(player_id, "whep").close()
+    return deleted()
+
+
+@router.patch("/v1/whep/{session_id}/{player_id}", include_in_schema=False)
+async def patch_player(session_id: str, player_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
+    peers.get(player_id, "whep")
+    return no_trickle()
+
+
+@router.options("/v1/whep/{session_id}/{player_id}", include_in_schema=False)
+async def resource_options() -> Response:
+    return preflight(RESOURCE_METHODS, accept_post=False)
+
+
+@router.api_route("/v1/whep/{session_id}/{player_id}", methods=["GET", "HEAD", "POST", "PUT"], include_in_schema=False)
+async def resource_other() -> Response:
+    return not_allowed(RESOURCE_METHODS)
+
+
+@router.get("/player/{session_id}", response_class=FileResponse, tags=["pages"])
+async def player_page(session_id: str) -> FileResponse:
+    """Receive-only player for a session's output: no controls, fills the window; for an OBS
+    Browser Source. It reconnects by itself when the session is not there yet or has ended
+    (`/player/latest` then follows the next one)."""
+    return FileResponse(Path(str(files("web"))) / "player.html", media_type="text/html")

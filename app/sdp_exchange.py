@@ -1,0 +1,92 @@
+"""The HTTP shape WHIP (RFC 9725) and WHEP share: an SDP offer POSTed to an endpoint, a 201 with
+the answer and the resource's Location, DELETE on the resource, CORS on both, and the answers
+the RFC asks of a server without trickle ICE or ICE restarts.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from streaming.errors import ErrorCode, StreamError
+from streaming.webrtc.codecs import UnsupportedOffer
+from streaming.webrtc.peer import SessionPeer
+
+SDP = "application/sdp"
+MAX_SDP_BYTES = 64 * 2**10
+ENDPOINT_METHODS = "POST, OPTIONS"
+RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
+
+# Bearer tokens travel in a header, never in cookies, so any origin may call (a player page or
+# WHIP client hosted elsewhere); the token is what guards the server.
+_CORS = {"Access-Control-Allow-Origin": "*",
+         "Access-Control-Expose-Headers": "Location, Link, Latentcast-Session-Id"}
+
+
+async def read_offer(request: Request) -> str:
+    """The SDP offer in the body; StreamError (answered 415 or 400) when it is not one."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != SDP:
+        raise SdpError(415, f"the offer must be sent as {SDP}, not {content_type or 'no content type'}")
+    body = await request.body()
+    if len(body) > MAX_SDP_BYTES:
+        raise SdpError(413, f"the offer is {len(body)} bytes; the limit is {MAX_SDP_BYTES}")
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise SdpError(400, "the offer is not UTF-8 text") from None
+
+
+class SdpError(Exception):
+    """A refused offer, with the HTTP status WHIP/WHEP prescribe for it."""
+
+    def __init__(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE):
+        super().__init__(message)
+        self.status = status
+        self.error = StreamError(code, message)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error.to_dict()}, status_code=self.status, headers=_CORS)
+
+
+async def answer_offer(peer: SessionPeer, offer: str) -> str:
+    """The peer's answer; SdpError 422 (no codec we can use, with what to change) or 400 (not SDP)."""
+    try:
+        return await peer.answer(offer)
+    except UnsupportedOffer as err:
+        raise SdpError(422, str(err), ErrorCode.UNSUPPORTED_FORMAT) from None
+    except ValueError as err:
+        raise SdpError(400, str(err)) from None
+
+
+def created(answer: str, location: str, session_id: str) -> Response:
+    """201 Created: the SDP answer, and where the resource lives for DELETE."""
+    return Response(answer, status_code=201, media_type=SDP,
+                    headers={**_CORS, "Location": location, "Latentcast-Session-Id": session_id})
+
+
+def preflight(methods: str, accept_post: bool) -> Response:
+    """CORS answer to OPTIONS (which carries no token: the AuthMiddleware lets OPTIONS through)."""
+    headers = {**_CORS, "Access-Control-Allow-Methods": methods, "Allow": methods,
+               "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+               "Access-Control-Max-Age": "86400"}
+    if accept_post:
+        headers["Accept-Post"] = SDP
+    return Response(status_code=204, headers=headers)
+
+
+def deleted() -> Response:
+    return Response(status_code=200, headers=_CORS)
+
+
+def no_trickle() -> Response:
+    """PATCH on a resource: neither trickle ICE nor ICE restarts are supported (our answer carries
+    every candidate; clients send complete offers), which RFC 9725 answers with 501."""
+    error = StreamError(ErrorCode.BAD_MESSAGE, "this server supports neither trickle ICE nor ICE restarts: "
+                        "send a complete offer, and POST a new one to reconnect")
+    return JSONResponse({"error": error.to_dict()}, status_code=501, headers=_CORS)
+
+
+def not_allowed(methods: str) -> Response:
+    """Other methods on an endpoint or resource are reserved by the RFC: 405."""
+    return Response(status_code=405, headers={**_CORS, "Allow": methods})

@@ -1,0 +1,4 @@
+"""The WebRTC transport (aiortc): peers bound to sessions, their tracks, codecs and signaling.
+
+Routes in app/ speak HTTP (offer/answer, WHIP, WHEP); everything media-side lives here.
+"""

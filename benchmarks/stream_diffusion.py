@@ -98,10 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--size", type=int, default=128, help="square frame side in pixels")
     parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side-by-side comparison")
+    parser.add_argument("--threads", type=int, help="CPU threads for compute (1 gives steadier numbers on a busy machine)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    pipe = load_pipeline("stream-diffusion", ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights))
+    options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
+    pipe = load_pipeline("stream-diffusion", options)
     load_s = time.perf_counter() - start
     device = pipe.models.device
     frames = frames_for(args.size, args.frames)
@@ -121,17 +124,29 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     for steps in (2, 3, 4):
         params = {**base, "mode": "img2img", "t_index_list": SCHEDULES[steps]}
-        batched, _ = time_stream(pipe, params, frames, warmup=steps + 1)
-        sequential = time_sequential(pipe, params, frames)
+        batched, sequential = side_by_side(
+            lambda: time_stream(pipe, params, frames, warmup=steps + 1)[0],
+            lambda: time_sequential(pipe, params, frames), args.rounds)
         print(f"| {steps} | {batched * 1e3:.1f} | {sequential * 1e3:.1f} | {sequential / batched:.2f}x |")
 
     print("\n| streams | batched ms/tick | one after another ms/tick | speed-up |")
     print("|---|---|---|---|")
     params = {**base, "mode": "img2img", "t_index_list": SCHEDULES[2]}
     for count in (1, 2, 4):
-        batched = time_streams(pipe, params, frames, count, batched=True)
-        apart = time_streams(pipe, params, frames, count, batched=False)
+        batched, apart = side_by_side(
+            lambda: time_streams(pipe, params, frames, count, batched=True),
+            lambda: time_streams(pipe, params, frames, count, batched=False), args.rounds)
         print(f"| {count} | {batched * 1e3:.1f} | {apart * 1e3:.1f} | {apart / batched:.2f}x |")
+
+
+def side_by_side(first, second, rounds: int) -> tuple[float, float]:
+    """Median of each measurement over rounds that alternate them, so load changes on a shared
+    machine hit both sides alike."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(first())
+        b.append(second())
+    return float(np.median(a)), float(np.median(b))
 
 
 if __name__ == "__main__":

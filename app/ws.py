@@ -27,7 +27,7 @@ from streaming.protocol import (
     FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, StartMessage,
     StatsRequest, StopMessage, UpdateMessage, pack_media, parse_control, request_id_of, unpack_media,
 )
-from streaming.session import OutputAudio, OutputFrame, Session, SessionClosed, SessionEvent, StreamNotice
+from streaming.session import OutputAudio, OutputFrame, QualityChanged, Session, SessionClosed, SessionEvent, StreamNotice
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -57,6 +57,7 @@ class StreamConnection:
         self._decoder: LatestDecoder | None = None
         self._pacer = PtsPacer(max_wait=1 / 30)
         self._closing = False
+        self._starting = False  # a start is being admitted (it may wait in line)
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -101,7 +102,9 @@ class StreamConnection:
             message = parse_control(text)
             if self.session is not None:
                 self.session.touch()
-            if isinstance(message, StartMessage):
+            if isinstance(message, StartMessage) and message.queue:
+                self._spawn(self._start_answering_errors(message))  # waiting in line must not block reading
+            elif isinstance(message, StartMessage):
                 await self._start(message)
             elif self.session is None:
                 raise StreamError(ErrorCode.NOT_STARTED, f"send 'start' before '{message.type}'")
@@ -114,9 +117,24 @@ class StreamConnection:
         except StreamError as err:
             await self._send_error(err, request_id=request_id_of(text))
 
+    async def _start_answering_errors(self, message: StartMessage) -> None:
+        try:
+            await self._start(message)
+        except StreamError as err:
+            await self._send_error(err, request_id=message.request_id)
+
     async def _start(self, message: StartMessage) -> None:
         if self.session is not None:
             raise StreamError(ErrorCode.ALREADY_STARTED, f"this connection already streams session {self.session.id}")
+        if self._starting:
+            raise StreamError(ErrorCode.ALREADY_STARTED, "this connection is already waiting for a session to start")
+        self._starting = True
+        try:
+            await self._open_session(message)
+        finally:
+            self._starting = False
+
+    async def _open_session(self, message: StartMessage) -> None:
         if message.version != PROTOCOL_VERSION:
             raise StreamError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {message.version}; this server speaks {PROTOCOL_VERSION}")
         sessions = self.context.sessions
@@ -129,7 +147,8 @@ class StreamConnection:
                     session.sink = None
                     raise
         else:
-            session = await sessions.create(message.pipeline, message.params, message.slo)
+            on_queued = self._queued_reporter(message.request_id) if message.queue else None
+            session = await sessions.create(message.pipeline, message.params, message.slo, on_queued=on_queued)
             sessions.attach_stream(session.id, self._sink)
         self.session = session
         self.output = message.output
@@ -141,7 +160,14 @@ class StreamConnection:
         await self._send_json({"type": "started", "request_id": message.request_id, "session_id": session.id,
                                "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
                                "needs_input": session.needs_input, "params": info.params,
-                               "slo": info.slo.model_dump(), "output": self.output.model_dump()})
+                               "slo": info.slo.model_dump(), "slo_estimate": session.admitted_estimate,
+                               "output": self.output.model_dump()})
+
+    def _queued_reporter(self, request_id: str | None):
+        async def report(position: int, reason: str) -> None:
+            await self._send_json({"type": "queued", "request_id": request_id, "position": position, "reason": reason})
+
+        return report
 
     async def _update(self, message: UpdateMessage) -> None:
         try:
@@ -150,7 +176,7 @@ class StreamConnection:
             await self._send_error(err, request_id=message.request_id)
             return
         if message.slo is not None:
-            self._pacer.max_wait = 1 / message.slo.target_fps
+            self._pacer.max_wait = 1 / self.session.slo.target_fps
         await self._send_json({"type": "ack", "request_id": message.request_id, **report.model_dump(mode="json")})
 
     async def _stop(self, message: StopMessage) -> None:
@@ -243,6 +269,10 @@ class StreamConnection:
             self._spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_out))
         elif isinstance(event, StreamNotice):
             self._spawn(self._send_error(event.error, frame_id=event.frame_id))
+        elif isinstance(event, QualityChanged):
+            self._spawn(self._send_json({"type": "quality", "direction": event.direction, "knob": event.knob, "level": event.level,
+                                         "params": event.changes, "reason": event.reason,
+                                         "discarded_frames": event.discarded_frames}))
         elif isinstance(event, SessionClosed):
             self._spawn(self._closed_by_server(event))
 

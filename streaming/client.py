@@ -81,6 +81,8 @@ class StreamClient:
         self.frames: asyncio.Queue[ReceivedFrame] = asyncio.Queue()
         self.audio: asyncio.Queue[ReceivedAudio] = asyncio.Queue()
         self.errors: asyncio.Queue[StreamClientError] = asyncio.Queue()  # errors not answering a request
+        self.quality_events: asyncio.Queue[dict] = asyncio.Queue()  # `quality` messages: the server stepped quality down or up
+        self.queue_positions: list[int] = []  # positions told by `queued` messages while a start waited in line
         self.hello: dict = {}
         self.latest_stats: dict | None = None
         self.session_id: str | None = None
@@ -106,10 +108,15 @@ class StreamClient:
     # --- control ---------------------------------------------------------------------------
 
     async def start(self, pipeline: str | None = None, params: dict[str, Any] | None = None, *, slo: dict | None = None,
-                    output_format: str = "jpeg", quality: int = 85, session_id: str | None = None, timeout: float = 60.0) -> dict:
-        """Open (or attach to) a session; returns the `started` message."""
+                    output_format: str = "jpeg", quality: int = 85, session_id: str | None = None, queue: bool = False,
+                    timeout: float = 60.0) -> dict:
+        """Open (or attach to) a session; returns the `started` message. With `queue`, a server
+        without room keeps the start waiting in line (positions in `queue_positions`) instead of
+        refusing it; `timeout` then includes the wait."""
         body: dict[str, Any] = {"type": "start", "version": PROTOCOL_VERSION, "params": params or {},
                                 "output": {"format": output_format, "quality": quality}}
+        if queue:
+            body["queue"] = True
         if pipeline is not None:
             body["pipeline"] = pipeline
         if slo is not None:
@@ -220,6 +227,12 @@ class StreamClient:
             self.latest_stats = body
         if kind == "stopped" and not self.stopped.done():
             self.stopped.set_result(body)
+        if kind == "queued":  # progress of a start, not its answer
+            self.queue_positions.append(body["position"])
+            return
+        if kind == "quality":
+            self.quality_events.put_nowait(body)
+            return
         future = self._pending.get(body.get("request_id") or "")
         if future is not None and not future.done():
             if kind == "error":

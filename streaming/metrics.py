@@ -26,6 +26,7 @@ class PipelineMetrics:
     frames_sent: Counter
     dropped_input: Counter
     dropped_output: Counter
+    dropped_stale: Counter
     deadline_misses: Counter
     latency: Histogram
     queue_wait: Histogram
@@ -62,6 +63,7 @@ class _SessionCollector(Collector):
                     latency.add_metric([*ids, f"0.{q[1:]}"], ms / 1000)
             dropped.add_metric([*ids, "input"], s.snapshot["dropped_input"])
             dropped.add_metric([*ids, "output"], s.snapshot["dropped_output"])
+            dropped.add_metric([*ids, "stale"], s.snapshot["dropped_stale"])
             misses.add_metric(ids, s.snapshot["deadline_misses"])
         yield from (fps_in, fps_out, latency, dropped, misses)
 
@@ -77,7 +79,7 @@ class ServerMetrics:
         self._frames_received = Counter("latentcast_frames_received_total", "Input frames received.", ["pipeline"], registry=r)
         self._frames_sent = Counter("latentcast_frames_sent_total", "Output frames sent.", ["pipeline"], registry=r)
         self._dropped = Counter("latentcast_frames_dropped_total", "Frames dropped: input replaced before use (latest wins), "
-                                "or output a slow client could not take.", ["pipeline", "where"], registry=r)
+                                "input older than its latency budget (stale), or output a slow client could not take.", ["pipeline", "where"], registry=r)
         self._misses = Counter("latentcast_deadline_misses_total", "Frames sent later than their session's latency budget.", ["pipeline"], registry=r)
         self._latency = Histogram("latentcast_frame_latency_seconds", "Received-to-sent latency of output frames.", ["pipeline"],
                                   buckets=_LATENCY_BUCKETS, registry=r)
@@ -100,6 +102,7 @@ class ServerMetrics:
             frames_sent=self._frames_sent.labels(pipeline),
             dropped_input=self._dropped.labels(pipeline, "input"),
             dropped_output=self._dropped.labels(pipeline, "output"),
+            dropped_stale=self._dropped.labels(pipeline, "stale"),
             deadline_misses=self._misses.labels(pipeline),
             latency=self._latency.labels(pipeline),
             queue_wait=self._queue_wait.labels(pipeline),

@@ -102,11 +102,18 @@ def unpack_media(message: bytes) -> tuple[MediaHeader, memoryview]:
 
 
 class SloSpec(BaseModel):
-    """What a stream asks of the server: a frame rate and how late a frame may come back."""
+    """What a stream asks of the server: a frame rate, how late a frame may come back, and which
+    quality knobs the server may turn down when it is short of compute. A session's rate or budget
+    left out of its request takes its pipeline's default (`streaming.sessions.resolve_slo`); the
+    defaults here stand for pipelines that declare none."""
 
     model_config = ConfigDict(extra="forbid")
     target_fps: float = Field(30.0, gt=0, le=240)
     latency_budget_ms: float = Field(500.0, gt=0, le=60_000)
+    degrade: list[Literal["steps", "resolution", "chunk"]] = Field(
+        default_factory=list, exclude_if=lambda knobs: not knobs,
+        description="Quality the server may lower under load, in order of preference (fewer denoising steps, "
+        "smaller pictures, longer video chunks), and raise again when load falls. Empty: never.")
 
 
 class OutputSpec(BaseModel):
@@ -125,6 +132,8 @@ class StartMessage(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     slo: SloSpec = Field(default_factory=SloSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    queue: bool = Field(False, description="When admission control has no room, wait in line (`queued` messages "
+                        "with the position) instead of being refused with `busy`.")
 
 
 class UpdateMessage(BaseModel):

@@ -42,6 +42,27 @@ class StreamNotice:
 
 
 @dataclass(frozen=True, slots=True)
+class QualityChanged:
+    """The server lowered (or restored) the stream's quality under load, as its SLO allows:
+    `changes` are the parameters now in force, `level` how many steps below what it asked for."""
+
+    direction: str      # "down" or "up"
+    knob: str           # "steps", "resolution" or "chunk"
+    level: int
+    changes: dict[str, Any]
+    reason: str
+    discarded_frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QualityLevel:
+    """One applied step down: the knob, and the values it replaced (restored on the way up)."""
+
+    knob: str
+    previous: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class SessionClosed:
     """The server ended the session (idle timeout, REST delete, shutdown); `reason` says which."""
 
@@ -49,7 +70,7 @@ class SessionClosed:
     message: str
 
 
-SessionEvent = OutputFrame | OutputAudio | StreamNotice | SessionClosed
+SessionEvent = OutputFrame | OutputAudio | StreamNotice | QualityChanged | SessionClosed
 
 
 def needs_input(pipeline: Pipeline, params: BaseModel) -> bool:
@@ -81,6 +102,8 @@ class Session:
         self.watchers: tuple[Callable[[SessionEvent], None], ...] = ()
         self.closed = False
         self.next_due = time.monotonic()  # next tick of a stream that needs no input
+        self.quality: list[QualityLevel] = []  # steps down applied under load, the latest last
+        self.admitted_estimate: dict[str, Any] | None = None  # what admission control forecast for it
         self.generated = 0                # frame ids of frames made without input
         self._wake = wake
 
@@ -125,6 +148,11 @@ class Session:
     def count_dropped_input(self) -> None:
         self.stats.count("dropped_input")
         self.metrics.dropped_input.inc()
+
+    def count_stale_input(self) -> None:
+        """The scheduler dropped the waiting input: it was already older than the latency budget."""
+        self.stats.count("dropped_stale")
+        self.metrics.dropped_stale.inc()
 
     def push_audio(self, chunk: AudioChunk) -> None:
         """Queue audio in order; StreamError(audio_overflow) when the buffer is full."""

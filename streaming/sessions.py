@@ -3,20 +3,29 @@
 Lives on the event loop. Anything that touches pipeline state (building it, updating it,
 dropping it) is handed to the compute worker, which runs it between ticks; callers await the
 result, so an update is acknowledged only once it is in force.
+
+Admission: a session is refused (`busy`, with the reason) when all `max_sessions` slots are taken
+or when the measured costs say it would make running sessions miss their SLOs
+(`streaming.admission`). A client that asked to queue waits in line instead, told its position
+whenever it changes; only the head of the line is considered, so nobody is overtaken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.base import ParamError, UpdateClass, merge_params, parse_params, update_class_of
+from pipelines.base import ParamError, Pipeline, UpdateClass, merge_params, parse_params, update_class_of
+from pipelines.scheduling import scheduling_profile
+from streaming.admission import AdmissionDecision, decide_admission
+from streaming.capacity import Demand
 from streaming.errors import ErrorCode, StreamError
 from streaming.metrics import ServerMetrics, SessionSample
 from streaming.protocol import SloSpec
@@ -26,6 +35,10 @@ from streaming.worker import ComputeWorker
 log = logging.getLogger(__name__)
 
 _CLASS_ORDER = [UpdateClass.HOT, UpdateClass.RESET, UpdateClass.RELOAD]
+QUEUE_RECHECK_S = 0.5  # a queued start looks again this often (costs and input rates change)
+
+# Called with (position in line, why it waits) whenever a queued start's position changes.
+QueuedCallback = Callable[[int, str], Awaitable[None]]
 
 
 class SessionInfo(BaseModel):
@@ -52,14 +65,17 @@ class UpdateReport(BaseModel):
 
 class SessionManager:
     def __init__(self, worker: ComputeWorker, metrics: ServerMetrics, *, max_sessions: int, idle_timeout_s: float,
-                 audio_buffer_s: float):
+                 audio_buffer_s: float, max_queue: int = 16):
         self.worker = worker
         self.metrics = metrics
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self.audio_buffer_s = audio_buffer_s
+        self.max_queue = max_queue
         self.sessions: dict[str, Session] = {}
-        self._admitting = 0  # sessions being created: counted so concurrent creates cannot overshoot
+        # Sessions being created: counted so concurrent creates cannot overshoot.
+        self._admitting: dict[str, Demand] = {}
+        self._queue: list[asyncio.Event] = []  # queued starts, in order; each woken when room may have appeared
 
     @property
     def default_pipeline(self) -> str | None:
@@ -71,7 +87,10 @@ class SessionManager:
         except KeyError:
             raise StreamError(ErrorCode.UNKNOWN_SESSION, f"no session {session_id!r} (it may have ended or timed out)") from None
 
-    async def create(self, pipeline_name: str | None, params: Mapping[str, Any], slo: SloSpec) -> Session:
+    async def create(self, pipeline_name: str | None, params: Mapping[str, Any], slo: SloSpec, *,
+                     on_queued: QueuedCallback | None = None) -> Session:
+        """Admit and build a session. With `on_queued`, a start that does not fit waits in line
+        (told its position through the callback) instead of being refused."""
         if not self.worker.ready.is_set():
             state = f"loading the models failed ({self.worker.failed})" if self.worker.failed else "models are still loading"
             raise StreamError(ErrorCode.NOT_READY, f"{state}; see /health")
@@ -79,29 +98,82 @@ class SessionManager:
         pipeline = self.worker.pipelines.get(name or "")
         if pipeline is None:
             raise StreamError(ErrorCode.UNKNOWN_PIPELINE, f"unknown pipeline {name!r}; this server runs {', '.join(self.worker.pipelines)}")
-        if len(self.sessions) + self._admitting >= self.max_sessions:
-            self.metrics.sessions_refused.labels("busy").inc()
-            raise StreamError(ErrorCode.BUSY, f"server busy: all {self.max_sessions} session slots are in use; retry later")
-        session_id = secrets.token_hex(8)
-
-        def build() -> tuple[BaseModel, Any]:
-            parsed = parse_params(pipeline.params_model, params)
-            return parsed, pipeline.new_state(parsed, stream_id=session_id)
-
-        self._admitting += 1
         try:
-            parsed, state = await asyncio.wrap_future(self.worker.call(build))
+            parsed = parse_params(pipeline.params_model, params)
+        except ParamError as err:
+            raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
+        slo = resolve_slo(slo, pipeline)
+        session_id = secrets.token_hex(8)
+        demand = session_demand(session_id, name, pipeline, parsed, slo)
+        decision = await self._admit(demand, on_queued)
+        self._admitting[session_id] = demand
+        try:
+            state = await asyncio.wrap_future(self.worker.call(lambda: pipeline.new_state(parsed, stream_id=session_id)))
         except ParamError as err:
             raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
         finally:
-            self._admitting -= 1
+            del self._admitting[session_id]
+            self._wake_queue()
         session = Session(session_id, name, pipeline, parsed, state, slo, self.metrics.for_pipeline(name),
                           self.audio_buffer_s, self.worker.wake)
+        session.admitted_estimate = {"fps": round(decision.estimate.fps[session_id], 2),
+                                     "latency_ms": round(decision.estimate.latency_s[session_id] * 1000, 1),
+                                     "meets_slo": decision.estimate.meets[session_id]}
         self.sessions[session_id] = session
         self.metrics.sessions_active.set(len(self.sessions))
         await asyncio.wrap_future(self.worker.attach(session))
         log.info("session %s opened on %s", session_id, name)
         return session
+
+    async def _admit(self, demand: Demand, on_queued: QueuedCallback | None) -> AdmissionDecision:
+        """Admit now, refuse (StreamError busy), or wait in line until admitted."""
+        decision, refusal = self._decide(demand)
+        if decision.admitted and not self._queue:
+            return decision
+        reason = decision.reason if not decision.admitted else f"{len(self._queue)} queued session(s) wait ahead of it"
+        if on_queued is None:
+            self.metrics.sessions_refused.labels(refusal).inc()
+            raise StreamError(ErrorCode.BUSY, f"server busy: {reason}")
+        if len(self._queue) >= self.max_queue:
+            self.metrics.sessions_refused.labels("queue_full").inc()
+            raise StreamError(ErrorCode.BUSY, f"server busy and its queue is full ({self.max_queue} waiting): {reason}")
+        turn = asyncio.Event()
+        self._queue.append(turn)
+        told = 0
+        try:
+            while True:
+                position = self._queue.index(turn) + 1
+                if position == 1:
+                    decision, _ = self._decide(demand)
+                    if decision.admitted:
+                        return decision
+                if position != told:
+                    told = position
+                    await on_queued(position, decision.reason or "waiting for the sessions ahead in line")
+                turn.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.wait(), QUEUE_RECHECK_S)
+        finally:
+            self._queue.remove(turn)
+            self._wake_queue()
+
+    def _decide(self, demand: Demand) -> tuple[AdmissionDecision, str]:
+        """The admission decision and, when it refuses, the metrics label of why."""
+        running = [session_demand(s.id, s.pipeline_name, s.pipeline, s.params, s.slo, s.stats.input_fps(time.monotonic()))
+                   for s in list(self.sessions.values())]
+        decision = decide_admission([*running, *self._admitting.values()], demand, self.worker.costs)
+        if len(self.sessions) + len(self._admitting) >= self.max_sessions:
+            reason = f"all {self.max_sessions} session slots are in use; retry later"
+            return AdmissionDecision(False, reason, decision.estimate), "busy"
+        return decision, "slo"
+
+    def _wake_queue(self) -> None:
+        for turn in self._queue:
+            turn.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     def attach_stream(self, session_id: str, sink: Callable[[SessionEvent], None]) -> Session:
         """Connect a transport to a session created over REST."""
@@ -117,6 +189,8 @@ class SessionManager:
         session.touch()
         pipeline = session.pipeline
 
+        resolved = None if slo is None else resolve_slo(slo, pipeline)
+
         def apply():
             if session.closed:
                 raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} has ended")
@@ -124,8 +198,10 @@ class SessionManager:
             if changes:
                 session.params = merge_params(session.params, changes)
                 session.needs_input = needs_input(pipeline, session.params)
-            if slo is not None:
-                session.set_slo(slo)
+                # The client's own values win over a quality step that had replaced them.
+                session.quality = [level for level in session.quality if not set(level.previous) & set(changes)]
+            if resolved is not None:
+                session.set_slo(resolved)
                 session.next_due = time.monotonic()
             return result
 
@@ -156,6 +232,7 @@ class SessionManager:
         session.audio_in.drain()
         self.worker.detach(session_id)
         self.metrics.sessions_active.set(len(self.sessions))
+        self._wake_queue()
         log.info("session %s closed (%s)", session_id, reason or "client left")
         return True
 
@@ -183,3 +260,18 @@ class SessionManager:
 
     def samples(self) -> list[SessionSample]:
         return [SessionSample(s.id, s.pipeline_name, s.stats.snapshot()) for s in list(self.sessions.values())]
+
+
+def resolve_slo(slo: SloSpec, pipeline: Pipeline) -> SloSpec:
+    """The SLO with the pipeline's defaults where the client left a value out."""
+    defaults = scheduling_profile(pipeline).slo_defaults
+    return slo.model_copy(update={k: v for k, v in defaults.items() if k not in slo.model_fields_set})
+
+
+def session_demand(session_id: str, pipeline_name: str, pipeline: Pipeline, params: BaseModel, slo: SloSpec,
+                   input_fps: float = 0.0) -> Demand:
+    """What a session asks of the worker: its SLO's rate (or its input's, when lower and known)."""
+    profile = scheduling_profile(pipeline)
+    fps = min(slo.target_fps, input_fps) if input_fps > 0 and needs_input(pipeline, params) else slo.target_fps
+    return Demand(session_id, pipeline_name, profile.cost_shape(params), fps, slo.latency_budget_ms / 1000,
+                  profile.pipe_depth(params))

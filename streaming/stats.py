@@ -59,6 +59,7 @@ class SessionStats:
         self.frames_out = 0
         self.dropped_input = 0
         self.dropped_output = 0
+        self.dropped_stale = 0    # inputs the scheduler dropped as older than the latency budget
         self.deadline_misses = 0
         self.skipped = 0
         self.errors = 0
@@ -102,6 +103,10 @@ class SessionStats:
                 self.deadline_misses += 1
             return latency
 
+    def input_fps(self, now: float) -> float:
+        with self._lock:
+            return self._rate_in.per_second(now)
+
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
@@ -124,6 +129,7 @@ class SessionStats:
                 "fps_out": round(self._rate_out.per_second(now), 2),
                 "dropped_input": self.dropped_input,
                 "dropped_output": self.dropped_output,
+                "dropped_stale": self.dropped_stale,
                 "deadline_misses": self.deadline_misses,
                 "skipped": self.skipped,
                 "errors": self.errors,

@@ -1,9 +1,12 @@
 """The compute worker: the one thread that touches the device.
 
-It loads and warms the pipelines, then loops: run the commands queued by the event loop
-(create a stream's state, apply an update, drop a stream) at the tick boundary, ask the
-scheduler for a plan, and run each batch through its pipeline's `step`. Results go back to the
-sessions through `Session.emit`; the event loop never waits on a model.
+It loads and warms the pipelines (measuring a cost profile on the way), then loops: run the
+commands queued by the event loop (create a stream's state, apply an update, drop a stream) at
+the tick boundary, adjust quality where sessions allow it, ask the scheduler for a plan, run the
+planned batch through its pipeline's `step`, and report the measured step back to the scheduler.
+Results go back to the sessions through `Session.emit`; the event loop never waits on a model.
+
+Policy lives elsewhere (streaming.scheduler, streaming.degradation): this file only executes.
 """
 
 from __future__ import annotations
@@ -18,21 +21,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipelines.base import Pipeline, StepOutput, parse_params
+from pipelines.base import Pipeline, StepOutput, merge_params, parse_params
+from pipelines.scheduling import scheduling_profile
+from streaming.capacity import Demand
+from streaming.costs import CostModel
+from streaming.degradation import DegradationPolicy, QualityMove, QualityView
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import VideoFrame
-from streaming.scheduler import Batch, StreamView, TickPlan, plan_tick
-from streaming.session import OutputAudio, OutputFrame, Session, StreamNotice, needs_input
+from streaming.scheduler import Batch, SloScheduler, StreamView, TickPlan
+from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, needs_input
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _WARMUP_MAX_TICKS = 8
-# How long ready inputs may wait for the other streams of their pipeline: a share of its step
-# time, capped so that a stream that has paused costs the others little.
-GATHER_SHARE = 0.25
-GATHER_CAP_S = 0.010
+PROFILE_BATCHES = (1, 2)   # batch sizes measured at warm-up
+PROFILE_TICKS = 3          # measured ticks per batch size, after the pipe has filled
+QUALITY_EVERY_S = 0.25     # how often degradation is reconsidered
 
 
 class ComputeWorker:
@@ -44,8 +50,11 @@ class ComputeWorker:
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.finished_loading = threading.Event()   # set on success and on failure
+        self.costs = CostModel()                     # read by admission control on the event loop
+        self.scheduler = SloScheduler(self.costs, max_batch)
+        self.degradation = DegradationPolicy(self.costs)
         self._sessions: dict[str, Session] = {}      # worker thread only
-        self._step_s: dict[str, float] = {}           # recent step time per pipeline (moving average)
+        self._next_quality_check = 0.0
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -88,7 +97,9 @@ class ComputeWorker:
                 for name, pipeline in self.pipelines.items():
                     started = time.perf_counter()
                     warm_up(pipeline)
-                    log.info("warmed %s in %.2f s", name, time.perf_counter() - started)
+                    profile_costs(name, pipeline, self.costs)
+                    log.info("warmed %s in %.2f s; step costs (ms): %s", name, time.perf_counter() - started,
+                             self.costs.snapshot().get(name))
         except BaseException as err:  # noqa: BLE001 - reported through /health and `serve`
             log.exception("loading the pipelines failed")
             self.failed = err
@@ -105,22 +116,38 @@ class ComputeWorker:
                 self._wake.wait(0.1)
                 continue
             if not plan.batches:
-                self._wake.wait(None if plan.wake_at is None else max(0.0, plan.wake_at - time.monotonic()))
+                wake_at = plan.wake_at
+                if any(s.quality or s.slo.degrade for s in self._sessions.values()):
+                    wake_at = self._next_quality_check if wake_at is None else min(wake_at, self._next_quality_check)
+                self._wake.wait(None if wake_at is None else max(0.0, wake_at - time.monotonic()))
         self._run_commands()  # let pending callers see a result rather than hang
 
     def _tick(self) -> TickPlan:
         self._run_commands()
         self._forward_audio()
-        views = [StreamView(s.id, s.pipeline_name, s.needs_input, _queued_at(s.video_in.peek()), s.next_due)
-                 for s in self._sessions.values()]
-        gather = {name: min(GATHER_CAP_S, GATHER_SHARE * step) for name, step in self._step_s.items()}
-        plan = plan_tick(views, time.monotonic(), self.max_batch, gather)
+        now = time.monotonic()
+        if now >= self._next_quality_check:
+            self._next_quality_check = now + QUALITY_EVERY_S
+            self._adjust_quality(now)
+        plan = self.scheduler.schedule([self._view(s, now) for s in self._sessions.values()], now)
+        for session_id in plan.stale:
+            session = self._sessions[session_id]
+            if session.video_in.take() is not None:
+                session.count_stale_input()
         for batch in plan.batches:
             self._run_batch(batch)
         return plan
 
+    def _view(self, session: Session, now: float) -> StreamView:
+        profile = scheduling_profile(session.pipeline)
+        return StreamView(
+            session.id, session.pipeline_name, session.needs_input, _queued_at(session.video_in.peek()), session.next_due,
+            profile.cost_shape(session.params), session.slo.target_fps, session.slo.latency_budget_ms / 1000,
+            profile.pipe_depth(session.params), session.stats.input_fps(now))
+
     def _forget(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
+        self.scheduler.forget(session_id)
         if session is not None:
             session.state = None  # the transport may still hold the session object for a moment
 
@@ -139,6 +166,64 @@ class ComputeWorker:
         for session in self._sessions.values():
             for chunk in session.audio_in.drain():
                 session.emit(OutputAudio(chunk))
+
+    # --- quality ---------------------------------------------------------------------------
+
+    def _adjust_quality(self, now: float) -> None:
+        views = [self._quality_view(s, now) for s in self._sessions.values() if s.slo.degrade or s.quality]
+        if not views:
+            return
+        others = [QualityView(self._view(s, now).demand(), None, None) for s in self._sessions.values()
+                  if not (s.slo.degrade or s.quality)]
+        move = self.degradation.decide([*views, *others], now)
+        if move is not None:
+            self._apply_quality(self._sessions[move.session_id], move)
+
+    def _quality_view(self, session: Session, now: float) -> QualityView:
+        current = self._view(session, now).demand()
+        step = self._next_step_down(session)
+        lower = None if step is None else self._demand_with(session, current, step[1])
+        higher = self._demand_with(session, current, session.quality[-1].previous) if session.quality else None
+        return QualityView(current, lower, higher)
+
+    def _next_step_down(self, session: Session) -> tuple[str, dict[str, Any]] | None:
+        """The first knob the session allows that can still go down, and its changes."""
+        profile = scheduling_profile(session.pipeline)
+        for knob in session.slo.degrade:
+            changes = profile.lower_quality(session.params, knob)
+            if changes:
+                return knob, changes
+        return None
+
+    def _demand_with(self, session: Session, current: Demand, changes: Mapping[str, Any]) -> Demand:
+        profile = scheduling_profile(session.pipeline)
+        params = merge_params(session.params, changes)
+        return Demand(current.session_id, current.pipeline, profile.cost_shape(params), current.fps, current.latency_budget_s,
+                      profile.pipe_depth(params))
+
+    def _apply_quality(self, session: Session, move: QualityMove) -> None:
+        if move.direction == "down":
+            knob, changes = self._next_step_down(session)
+            previous = {name: getattr(session.params, name) for name in changes}
+            level = QualityLevel(knob, _jsonable(previous))
+        else:
+            level = session.quality[-1]
+            knob, changes = level.knob, level.previous
+        try:
+            result = session.pipeline.update(session.state, changes)
+        except Exception as err:  # noqa: BLE001 - the stream keeps the quality it had
+            log.warning("quality change of session %s failed: %s", session.id, err)
+            return
+        session.params = merge_params(session.params, changes)
+        if move.direction == "down":
+            session.quality.append(level)
+        else:
+            session.quality.pop()
+        log.info("session %s quality %s (%s): %s", session.id, move.direction, knob, move.reason)
+        session.emit(QualityChanged(move.direction, knob, len(session.quality), _jsonable(changes), move.reason,
+                                    result.discarded_frames))
+
+    # --- steps -----------------------------------------------------------------------------
 
     def _run_batch(self, batch: Batch) -> None:
         pipeline = self.pipelines[batch.pipeline]
@@ -160,10 +245,10 @@ class ComputeWorker:
             return
         outputs = self._step(pipeline, entries)
         finished = time.monotonic()
+        shapes = {s.id: scheduling_profile(s.pipeline).cost_shape(s.params) for s, _ in entries}
+        self.scheduler.update_from_output(batch, shapes, started, finished)
         pipeline_metrics = entries[0][0].metrics
         pipeline_metrics.model_time.observe(finished - started)
-        previous = self._step_s.get(batch.pipeline, finished - started)
-        self._step_s[batch.pipeline] = 0.8 * previous + 0.2 * (finished - started)
         pipeline_metrics.batch_size.observe(len(entries))
         for (session, frame), output in zip(entries, outputs):
             if output is None:
@@ -220,13 +305,38 @@ def _queued_at(frame: VideoFrame | None) -> float | None:
     return None if frame is None else frame.timestamps.get("queued", 0.0)
 
 
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _test_frame(params: Any) -> VideoFrame:
+    width, height = getattr(params, "width", 64), getattr(params, "height", 64)
+    return VideoFrame(np.full((height, width, 3), 127, np.uint8), frame_id=0, pts=0.0, stream_id="warmup")
+
+
 def warm_up(pipeline: Pipeline) -> None:
     """Run one throwaway stream until it produces a frame, so the first real client does not pay
     for lazy initialisation (kernel selection, allocator growth, compiled graphs)."""
     params = parse_params(pipeline.params_model, None)
     state = pipeline.new_state(params, stream_id="warmup")
-    width, height = getattr(params, "width", 64), getattr(params, "height", 64)
-    frame = VideoFrame(np.full((height, width, 3), 127, np.uint8), frame_id=0, pts=0.0, stream_id="warmup") if needs_input(pipeline, params) else None
+    frame = _test_frame(params) if needs_input(pipeline, params) else None
     for _ in range(_WARMUP_MAX_TICKS):
         if pipeline.step([(state, frame)])[0].frames:
             return
+
+
+def profile_costs(name: str, pipeline: Pipeline, costs: CostModel) -> None:
+    """Measure steps of 1 and 2 streams at the default parameters, once their pipes are full, so
+    admission control and the scheduler have costs before the first client arrives."""
+    profile = scheduling_profile(pipeline)
+    params = parse_params(pipeline.params_model, None)
+    frame = _test_frame(params) if needs_input(pipeline, params) else None
+    fill = profile.pipe_depth(params) + 1
+    for size in PROFILE_BATCHES:
+        batch = [(pipeline.new_state(params, stream_id=f"profile{i}"), frame) for i in range(size)]
+        for _ in range(fill):
+            pipeline.step(batch)
+        started = time.perf_counter()
+        for _ in range(PROFILE_TICKS):
+            pipeline.step(batch)
+        costs.observe(name, [profile.cost_shape(params)] * size, (time.perf_counter() - started) / PROFILE_TICKS)

@@ -12,7 +12,6 @@ from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk
 from streaming.pacing import PtsPacer
 from streaming.protocol import HEADER_SIZE, MediaFormat, MediaHeader, MediaKind, UpdateMessage, pack_media, parse_control, unpack_media
-from streaming.scheduler import StreamView, plan_tick
 from streaming.slots import AudioFifo, LatestSlot
 
 
@@ -93,28 +92,3 @@ def test_pacer_spaces_a_burst_and_never_holds_a_late_frame():
     assert pacer.delay(10.066, now=100.2) == 0  # late: sent at once, clock re-anchored
     assert pacer.delay(5.0, now=100.2) == 0     # pts went backwards (new clip): no wait
     assert pacer.delay(None, now=100.3) == 0
-
-
-def test_scheduler_batches_each_pipeline_and_ticks_generators_on_time():
-    streams = [
-        StreamView("a", "sd", needs_input=True, input_since=5.9, next_due=0),
-        StreamView("b", "sd", needs_input=True, input_since=None, next_due=0),
-        StreamView("c", "sd", needs_input=True, input_since=5.95, next_due=0),
-        StreamView("d", "pass", needs_input=True, input_since=5.99, next_due=0),
-        StreamView("e", "sd", needs_input=False, input_since=None, next_due=5.0),
-        StreamView("f", "sd", needs_input=False, input_since=None, next_due=7.0),
-    ]
-    plan = plan_tick(streams, now=6.0, max_batch=16)
-    assert {(b.pipeline, b.session_ids) for b in plan.batches} == {("sd", ("a", "c", "e")), ("pass", ("d",))}
-    assert plan.wake_at == 7.0
-    assert [b.session_ids for b in plan_tick(streams[:3], now=6.0, max_batch=1).batches] == [("a",), ("c",)]
-
-
-def test_scheduler_waits_briefly_for_the_rest_of_a_batch():
-    streams = [StreamView("a", "sd", True, 5.995, 0), StreamView("b", "sd", True, None, 0), StreamView("p", "pass", True, 5.995, 0)]
-    plan = plan_tick(streams, now=6.0, max_batch=16, gather_s={"sd": 0.01})
-    assert [b.pipeline for b in plan.batches] == ["pass"] and plan.wake_at == pytest.approx(6.005)  # b's frame is due
-    plan = plan_tick(streams, now=6.006, max_batch=16, gather_s={"sd": 0.01})
-    assert {b.pipeline for b in plan.batches} == {"sd", "pass"}  # waited long enough: a goes alone
-    both = [StreamView("a", "sd", True, 5.995, 0), StreamView("b", "sd", True, 5.999, 0)]
-    assert plan_tick(both, now=6.0, max_batch=16, gather_s={"sd": 0.01}).batches[0].session_ids == ("a", "b")

@@ -60,7 +60,7 @@ def test_demo_streams_the_camera_and_applies_a_prompt_change(base_url, browser):
     console_errors: list[str] = []
     page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: console_errors.append(str(error)))
-    page.goto(base_url + "/")
+    page.goto(base_url + "/?transport=websocket")  # the WebSocket path (WebRTC is the default)
     page.wait_for_function("window.latentcast && window.latentcast.status === 'idle'", timeout=15_000)
     assert page.locator("#param-prompt").count() == 1 and page.locator("#param-strength").count() == 1
 

@@ -1,6 +1,8 @@
-// latentcast browser demo: camera or screen -> WebSocket stream -> generated video beside it.
+// latentcast browser demo: camera or screen -> WebRTC (or, as a fallback, the WebSocket API) ->
+// generated video beside it. `?transport=websocket` picks the socket from the start.
 import { buildControls } from "./controls.js";
 import { FLAG_REUSED, FORMAT, KIND, MIME, PROTOCOL_VERSION, packMedia, unpackMedia } from "./protocol.js";
+import { openWebRtc } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
@@ -9,13 +11,13 @@ const MAX_SIDE = 640;         // captured frames are scaled down to this when th
 
 // Everything a person or a test wants to know about the stream, in one place.
 const demo = (window.latentcast = {
-  status: "idle", sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
+  status: "idle", transport: null, peer: null, sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
   acks: [], errors: [], lastAck: null, stats: null, latencyMs: [],
 });
 
 let pipelines = [];
 let controls = null;
-let socket = null;
+let link = null;           // the open transport: { kind, send(message), close() } (+ socket for the WebSocket)
 let source = null;
 let captureTimer = null;
 let params = {};           // parameters in force (from `started` and each `ack`)
@@ -58,7 +60,7 @@ function showPipeline(name) {
 // Last value wins: a field edited again before its update went out replaces the earlier value.
 const debounced = new Map();
 function onParamChange(name, value) {
-  if (!socket || demo.status !== "streaming") {
+  if (!link || demo.status !== "streaming") {
     changed[name] = value;
     return;
   }
@@ -72,46 +74,96 @@ function sendUpdate(changes) {
     pendingUpdates.set(requestId, name);
     controls.setStatus(name, "pending", "…");
   }
-  socket.send(JSON.stringify({ type: "update", request_id: requestId, params: changes }));
+  link.send({ type: "update", request_id: requestId, params: changes });
 }
 
-async function openSource(kind) {
+async function openSource(kind, audio) {
   if (kind === "none") return null;
-  const media = kind === "screen" ? navigator.mediaDevices.getDisplayMedia({ video: true })
-    : navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  const media = kind === "screen" ? navigator.mediaDevices.getDisplayMedia({ video: true, audio })
+    : navigator.mediaDevices.getUserMedia({ video: true, audio });
   const stream = await media;
   $("input").srcObject = stream;
   await $("input").play();
   return stream;
 }
 
+function startMessage(output) {
+  return {
+    type: "start", version: PROTOCOL_VERSION, request_id: "start", pipeline: $("pipeline").value, params: changed,
+    slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) }, ...output,
+  };
+}
+
 async function start() {
   setStatus("connecting");
   demo.framesSent = demo.framesReceived = 0;
+  const webrtc = $("transport").value === "webrtc" && "RTCPeerConnection" in window;
   try {
-    source = await openSource($("source").value);
+    source = await openSource($("source").value, webrtc && $("microphone").checked);
   } catch (err) {
     setStatus("error", `capture failed: ${err.message}`);
     return;
   }
+  if (webrtc) {
+    try {
+      link = await openWebRtc({ source, token, onControl, onOutput: showOutputStream, onClosed: onLinkClosed });
+      demo.peer = link.pc; // getStats() for people and tests
+      showTransport("webrtc");
+      link.send(startMessage({}));
+      return;
+    } catch (err) {
+      logError(`WebRTC did not connect (${err.message}); using the WebSocket`);
+    }
+  }
+  showTransport("websocket");
+  link = openWebSocket();
+}
+
+function openWebSocket() {
   const url = new URL("v1/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   if (token) url.searchParams.set("token", token);
-  socket = new WebSocket(url);
+  const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => {
-    socket.send(JSON.stringify({
-      type: "start", version: PROTOCOL_VERSION, request_id: "start", pipeline: $("pipeline").value, params: changed,
-      slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) },
-      output: { format: "jpeg", quality: 80 },
-    }));
-  };
+  socket.onopen = () => socket.send(JSON.stringify(startMessage({ output: { format: "jpeg", quality: 80 } })));
   socket.onmessage = (event) => (typeof event.data === "string" ? onControl(JSON.parse(event.data)) : onMedia(event.data));
   socket.onclose = (event) => {
-    stopCapture();
-    if (demo.status !== "error") setStatus("stopped", event.reason || (event.code === 1008 || event.code === 1006 ? "connection refused or lost" : ""));
-    socket = null;
+    onLinkClosed(event.reason || (event.code === 1008 || event.code === 1006 ? "connection refused or lost" : ""));
   };
+  return {
+    kind: "websocket", socket,
+    send: (message) => socket.readyState === WebSocket.OPEN && socket.send(JSON.stringify(message)),
+    close: () => socket.close(),
+  };
+}
+
+function onLinkClosed(reason = "") {
+  stopCapture();
+  if (demo.status !== "error" && demo.status !== "stopped") setStatus("stopped", reason);
+  link = null;
+}
+
+// WebRTC shows the generated stream in a <video>; the socket draws pictures on the canvas.
+function showTransport(kind) {
+  demo.transport = kind;
+  $("output-video").hidden = kind !== "webrtc";
+  $("output").hidden = kind === "webrtc";
+}
+
+function showOutputStream(stream) {
+  const video = $("output-video");
+  if (video.srcObject !== stream) video.srcObject = stream;
+  video.play().catch(() => {});
+}
+
+function countOutputFrame() {
+  if (demo.transport === "webrtc") {
+    const now = performance.now();
+    outputTimes.push(now);
+    while (outputTimes.length && now - outputTimes[0] > 2000) outputTimes.shift();
+    demo.framesReceived += 1;
+  }
+  $("output-video").requestVideoFrameCallback(countOutputFrame);
 }
 
 function onControl(message) {
@@ -120,8 +172,8 @@ function onControl(message) {
       demo.sessionId = message.session_id;
       params = message.params;
       controls.setValues(params);
-      setStatus("streaming", `session ${message.session_id} on ${message.pipeline}`);
-      if (source && message.needs_input) startCapture();
+      setStatus("streaming", `session ${message.session_id} on ${message.pipeline} over ${demo.transport === "webrtc" ? "WebRTC" : "the WebSocket"}`);
+      if (source && message.needs_input && link?.kind === "websocket") startCapture();
       break;
     case "ack": {
       demo.acks.push(message);
@@ -147,6 +199,7 @@ function onControl(message) {
       break;
     case "stopped":
       setStatus("stopped", message.reason);
+      if (link?.kind === "webrtc") link.close(); // the socket is closed by the server
       break;
   }
 }
@@ -182,6 +235,7 @@ function startCapture() {
   const context = canvas.getContext("2d");
   const capture = () => {
     captureTimer = setTimeout(capture, 1000 / Number($("fps").value));
+    const socket = link?.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED) return;
     if (params.mode === "txt2img" || !video.videoWidth) return;
     const [width, height] = captureSize(video);
@@ -211,7 +265,7 @@ function stopCapture() {
 }
 
 function stop() {
-  if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop", request_id: "stop" }));
+  link?.send({ type: "stop", request_id: "stop" });
   stopCapture();
 }
 
@@ -250,6 +304,9 @@ async function init() {
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
   if (!navigator.mediaDevices?.getDisplayMedia) $("source").querySelector("[value=screen]").disabled = true;
+  const transport = new URLSearchParams(location.search).get("transport");
+  if (transport === "websocket" || !("RTCPeerConnection" in window)) $("transport").value = "websocket";
+  $("output-video").requestVideoFrameCallback(countOutputFrame);
   setInterval(showStats, 500);
   setStatus("idle");
 }

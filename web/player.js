@@ -79,6 +79,10 @@ async function connect() {
     resource = new URL(response.headers.get("Location"), location.href).href;
     player.sessionId = response.headers.get("Latentcast-Session-Id");
     await connection.setRemoteDescription({ type: "answer", sdp: await response.text() });
+    // The server hanging up (the session ended) closes DTLS at once; ICE would notice only
+    // seconds later.
+    const dtls = connection.getReceivers()[0]?.transport;
+    if (dtls) dtls.onstatechange = () => ["closed", "failed"].includes(dtls.state) && connection === pc && retry(`stream ended`);
   } catch (err) {
     if (connection === pc) retry(err.message);
   }

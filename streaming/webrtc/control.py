@@ -21,7 +21,7 @@ from streaming.metrics import ServerMetrics
 from streaming.protocol import (
     PROTOCOL_VERSION, StartMessage, StatsRequest, StopMessage, UpdateMessage, parse_control, request_id_of,
 )
-from streaming.session import SessionClosed, SessionEvent, StreamNotice
+from streaming.session import QualityChanged, SessionClosed, SessionEvent, StreamNotice
 from streaming.sessions import SessionManager
 from streaming.webrtc.peer import SessionPeer
 
@@ -41,6 +41,7 @@ class ControlChannel:
         self.stats_interval_s = stats_interval_s
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
+        self._starting = False
         channel.on("message", self._inbox.put_nowait)
         peer.on_session_event = self._on_session_event
         peer.on_close.append(lambda _: self._cancel_tasks())
@@ -51,8 +52,8 @@ class ControlChannel:
     # --- requests ------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Messages in order (a `start` is done before what follows it); updates run on their
-        own, as on the socket, so a slow one does not hold up a stats request."""
+        """Messages in order; a start (which may wait in the admission queue) and updates run on
+        their own, as on the socket, so that a stop or a stats request is never held up."""
         while True:
             text = await self._inbox.get()
             try:
@@ -74,7 +75,10 @@ class ControlChannel:
             if session is not None:
                 session.touch()
             if isinstance(message, StartMessage):
-                await self._start(message)
+                if self._starting or session is not None:
+                    raise StreamError(ErrorCode.ALREADY_STARTED, "this connection already streams (or is starting) a session")
+                self._starting = True
+                self._spawn(self._start(message))
             elif session is None:
                 raise StreamError(ErrorCode.NOT_STARTED, f"send 'start' before '{message.type}'")
             elif isinstance(message, UpdateMessage):
@@ -87,9 +91,15 @@ class ControlChannel:
             self._send_error(err, request_id=request_id_of(text))
 
     async def _start(self, message: StartMessage) -> None:
+        try:
+            await self._open_session(message)
+        except StreamError as err:
+            self._send_error(err, request_id=message.request_id)
+        finally:
+            self._starting = False
+
+    async def _open_session(self, message: StartMessage) -> None:
         peer = self.peer
-        if peer.session is not None:
-            raise StreamError(ErrorCode.ALREADY_STARTED, f"this connection already streams session {peer.session.id}")
         if message.version != PROTOCOL_VERSION:
             raise StreamError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {message.version}; this server speaks {PROTOCOL_VERSION}")
         sessions = self.sessions
@@ -102,7 +112,8 @@ class ControlChannel:
                     session.sink = None
                     raise
         else:
-            session = await sessions.create(message.pipeline, message.params, message.slo)
+            on_queued = self._report_queued(message.request_id) if message.queue else None
+            session = await sessions.create(message.pipeline, message.params, message.slo, on_queued=on_queued)
             sessions.attach_stream(session.id, peer.sink)
         if peer.closed:  # the connection went away while the session was being made
             sessions.close(session.id)
@@ -112,7 +123,14 @@ class ControlChannel:
         info = sessions.info(session)
         self._send({"type": "started", "request_id": message.request_id, "session_id": session.id,
                     "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
-                    "needs_input": session.needs_input, "params": info.params, "slo": info.slo.model_dump()})
+                    "needs_input": session.needs_input, "params": info.params, "slo": info.slo.model_dump(),
+                    "slo_estimate": session.admitted_estimate})
+
+    def _report_queued(self, request_id: str | None):
+        async def report(position: int, reason: str) -> None:
+            self._send({"type": "queued", "request_id": request_id, "position": position, "reason": reason})
+
+        return report
 
     async def _update(self, message: UpdateMessage) -> None:
         try:
@@ -135,6 +153,9 @@ class ControlChannel:
     def _on_session_event(self, event: SessionEvent) -> None:
         if isinstance(event, StreamNotice):
             self._send_error(event.error, frame_id=event.frame_id)
+        elif isinstance(event, QualityChanged):
+            self._send({"type": "quality", "direction": event.direction, "knob": event.knob, "level": event.level,
+                        "params": event.changes, "reason": event.reason, "discarded_frames": event.discarded_frames})
         elif isinstance(event, SessionClosed):
             self._send({"type": "stopped", "request_id": None, "reason": event.reason, "message": event.message,
                         "stats": self._stats(None)})

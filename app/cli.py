@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("app.serve", "start the streaming server"),
     "render": ("app.render", "render a video file (or a prompt) offline through a pipeline"),
     "presets": ("app.presets_command", "list the model presets"),
+    "virtualcam": ("app.virtualcam", "show a session's generated video as a virtual camera (extra `virtualcam`)"),
 }
 
 

@@ -44,6 +44,10 @@ class RollingKVParams(BaseModel):
         description="stream-batch: one forward per chunk over all steps, a KV cache per step (latency: steps chunks); "
         "single-slot: the steps run one after another on one cache that keeps the last step's keys; "
         "clean-context: as single-slot plus one pass at t=0 so the cache keeps clean keys (CausVid).")
+    chunk_latents: int = _reset(
+        default=1, ge=1, le=4,
+        description="Latent frames per chunk after the first (4 pictures each): longer chunks cost less per picture "
+        "and add latency; the server may raise it under load when the SLO allows `chunk`.")
     kv_cache_frames: int = _reset(default=6, ge=3, le=64, description="Latent frames the KV cache holds, sinks included.")
     sink_frames: int = _reset(default=3, ge=0, le=60, description="Latent frames kept as attention sinks.")
     eviction: Literal["fifo", "adaptive-sink", "importance"] = _reset(
@@ -71,6 +75,9 @@ class RollingKVParams(BaseModel):
             raise ValueError(
                 f"kv_cache_frames ({self.kv_cache_frames}) must leave at least 2 rolling frames after "
                 f"sink_frames ({self.sink_frames}): the first chunk is 2 latent frames")
+        if self.window_frames < self.chunk_latents:
+            raise ValueError(f"chunk_latents ({self.chunk_latents}) must fit the rolling window "
+                             f"(kv_cache_frames - sink_frames = {self.window_frames})")
         if self.reset_to is not None and self.reset_to >= self.reset_at:
             raise ValueError(f"reset_to ({self.reset_to}) must be below reset_at ({self.reset_at})")
         return self

@@ -49,12 +49,11 @@ from pipelines.rolling_kv.params import RollingKVParams
 from pipelines.rolling_kv.schedule import (
     add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps,
 )
+from pipelines.rolling_kv.scheduling import profile_for
 from pipelines.rolling_kv.state import Chunk, PromptTransition, RollingKVState
 from streaming.frames import VideoFrame
 
 FIRST_CHUNK_LATENTS = 2
-CHUNK_LATENTS = 1
-HELD_BACK = 3  # finished pictures that may wait to be handed out: a chunk's worth less one
 
 
 def params_model_for(models: VideoModels) -> type[RollingKVParams]:
@@ -96,6 +95,7 @@ class RollingKVPipeline:
     def __init__(self, models: VideoModels):
         self.models = models
         self.params_model = params_model_for(models)
+        self.scheduling = profile_for(models)
 
     # ---- per-stream state ------------------------------------------------------------------
 
@@ -179,9 +179,10 @@ class RollingKVPipeline:
 
     def _hand_out(self, state: RollingKVState, draining: bool) -> list[VideoFrame]:
         """One picture per tick, so a chunk leaves at the pace its pictures came in (and a
-        latest-wins output never sees a burst), but never more than HELD_BACK waiting; all of
-        them when the input has ended."""
-        count = len(state.ready) if draining else min(len(state.ready), max(1, len(state.ready) - HELD_BACK))
+        latest-wins output never sees a burst), but never more than a chunk's worth less one
+        waiting; all of them when the input has ended."""
+        held_back = held_back_pictures(state.params)
+        count = len(state.ready) if draining else min(len(state.ready), max(1, len(state.ready) - held_back))
         return [state.ready.popleft() for _ in range(count)]
 
     def _admit(self, index: int, state: RollingKVState, frame: VideoFrame | None, outputs: list[StepOutput]) -> _Job | None:
@@ -218,7 +219,7 @@ class RollingKVPipeline:
     # ---- chunks entering the pipe --------------------------------------------------------------
 
     def _next_chunk_latents(self, state: RollingKVState) -> int:
-        return CHUNK_LATENTS if state.started else FIRST_CHUNK_LATENTS
+        return state.params.chunk_latents if state.started else FIRST_CHUNK_LATENTS
 
     def _take_frames(self, state: RollingKVState, latents: int) -> list[int]:
         frames = list(range(state.next_latent_frame, state.next_latent_frame + latents))
@@ -395,6 +396,11 @@ class RollingKVPipeline:
             top, left = (h - crop_h) // 2, (w - crop_w) // 2
             x = F.interpolate(x[..., top : top + crop_h, left : left + crop_w], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         return (x[0] / 127.5 - 1.0).to(m.dtype)
+
+
+def held_back_pictures(params: RollingKVParams) -> int:
+    """Finished pictures that may wait to be handed out: a chunk's worth less one."""
+    return pixel_frames(params.chunk_latents, False) - 1
 
 
 def eviction_policy(params: RollingKVParams, frame_tokens: int) -> EvictionPolicy:

@@ -38,7 +38,7 @@ def generate_sequential(
     out: list[np.ndarray] = []
     frame, used = 0, 0
     for k in range(chunks):
-        latents_count = FIRST_CHUNK_LATENTS if k == 0 else 1
+        latents_count = FIRST_CHUNK_LATENTS if k == 0 else params.chunk_latents
         frames = list(range(frame, frame + latents_count))
         frame += latents_count
         if params.mode == "txt2img":

@@ -30,6 +30,7 @@ from pipelines.stream_diffusion.blending import blend, seeded_noise
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.params import StreamDiffusionParams
 from pipelines.stream_diffusion.schedule import StepTables, denoised, make_step_tables, noise_from_model_output
+from pipelines.stream_diffusion.scheduling import PROFILE
 from pipelines.stream_diffusion.similarity_filter import SimilarityFilter
 from pipelines.stream_diffusion.state import StreamState
 from streaming.frames import VideoFrame
@@ -66,6 +67,7 @@ class _Job:
 class StreamDiffusionPipeline:
     name = "stream-diffusion"
     kind = PipelineKind.VIDEO_TO_VIDEO
+    scheduling = PROFILE
 
     def __init__(self, models: DiffusionModels):
         self.models = models

@@ -24,6 +24,7 @@ from streaming.protocol import SloSpec
 from streaming.session import OutputAudio, OutputFrame, Session, SessionClosed, SessionEvent
 from streaming.webrtc.codecs import check_offer, configure_encoder_bounds
 from streaming.webrtc.ingest import AudioIngest, VideoIngest, drain
+from streaming.webrtc.jitter import release_frames_on_marker
 from streaming.webrtc.output import GeneratedAudioTrack, GeneratedVideoTrack
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ SENDING = ("sendrecv", "recvonly")  # offer directions under which the remote si
 RECEIVING = ("sendrecv", "sendonly")
 
 configure_encoder_bounds()
+release_frames_on_marker()  # received frames go to the decoder at their last packet, not a frame later
 
 
 def new_peer_connection() -> RTCPeerConnection:

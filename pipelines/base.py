@@ -15,7 +15,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from streaming.frames import VideoFrame
+from streaming.frames import AudioChunk, VideoFrame
+
+# What one stream gets per step: a video frame (None when there is none), or for an audio
+# pipeline the audio chunks that arrived since its last step, in order (possibly none).
+StepInput = VideoFrame | Sequence[AudioChunk] | None
+# What a step hands back: generated pictures or audio.
+MediaItem = VideoFrame | AudioChunk
 
 
 class PipelineKind(str, Enum):
@@ -93,13 +99,14 @@ class StepOutput:
     """One stream's share of a step.
 
     `frames` holds the outputs produced this tick, in order: none while the pipe warms up, one
-    in steady state. `consumed` says whether the input frame was taken (a stream whose input
-    was not consumed keeps it for the next tick). `skipped` says the similarity filter reused
-    the previous output instead of running the model. `error` says why an input could not be
-    used at all; that stream is left as it was and the other streams of the batch are served.
+    in steady state (an audio pipeline: the audio chunks due out now). `consumed` says whether
+    the input frame was taken (a stream whose input was not consumed keeps it for the next
+    tick). `skipped` says the similarity filter reused the previous output instead of running
+    the model. `error` says why an input could not be used at all; that stream is left as it
+    was and the other streams of the batch are served.
     """
 
-    frames: list[VideoFrame] = field(default_factory=list)
+    frames: list[MediaItem] = field(default_factory=list)
     consumed: bool = True
     skipped: bool = False
     error: str | None = None
@@ -117,13 +124,18 @@ class Pipeline(Protocol):
     def update(self, state: Any, changes: Mapping[str, Any]) -> UpdateResult:
         """Apply a partial parameter update atomically; ParamError leaves the state untouched."""
 
-    def step(self, batch: Sequence[tuple[Any, VideoFrame | None]]) -> list[StepOutput]:
+    def step(self, batch: Sequence[tuple[Any, StepInput]]) -> list[StepOutput]:
         """Advance every stream in `batch` by one tick, batched into as few forwards as possible.
 
         For video-to-video streams `None` means "no new input": the pipe advances with padding
         so that frames still in flight come out (used to drain at the end of a file). For
-        text-to-video streams `None` is the normal input.
+        text-to-video streams `None` is the normal input. Audio-to-audio streams are stepped on
+        their clock and get the list of chunks that arrived since (empty or None: none did).
         """
 
     def in_flight(self, state: Any) -> int:
         """How many accepted inputs have not produced their output yet."""
+
+    # Optional hooks, looked up with getattr (a pipeline without them works as before):
+    #   stream_stats(state) -> dict   pipeline-specific figures for the stream's stats message
+    #   close_state(state) -> None    the stream ended: stop background work it started

@@ -1,0 +1,60 @@
+"""Language-model interfaces of the relay: a drafter for the fast path, a responder for the slow one.
+
+The drafter writes the first few words of an answer and reports, per token, the confidence
+signals the prefix verifier reads. The responder streams an answer that continues a given
+prefix word for word (forced-prefix decoding), or starts from scratch when the prefix is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+Message = dict[str, str]          # {"role": "system" | "user" | "assistant", "content": ...}
+Cancelled = Callable[[], bool]    # polled between tokens: True stops the generation
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """How sure the model was of one generated token."""
+
+    logprob: float   # log-probability of the token it chose
+    entropy: float   # entropy of its next-token distribution (nats)
+    margin: float    # top-1 minus top-2 logit
+
+
+@dataclass(frozen=True)
+class Draft:
+    text: str                                  # whole words only, as they will be spoken
+    scores: Sequence[TokenScores] = field(default_factory=tuple)
+    finished: bool = False                     # the answer ended inside the draft
+    seconds: float = 0.0
+
+
+class Drafter(Protocol):
+    def draft(self, messages: Sequence[Message], max_words: int, cancelled: Cancelled | None = None) -> Draft: ...
+
+
+class Responder(Protocol):
+    def respond(self, messages: Sequence[Message], prefix: str, max_tokens: int,
+                cancelled: Cancelled | None = None) -> Iterator[str]:
+        """Text pieces of the answer that follow `prefix` (which is not repeated)."""
+
+
+def token_scores(logits: np.ndarray, chosen: int) -> TokenScores:
+    """The verifier's three signals from one step's logits over the vocabulary."""
+    logits = logits.astype(np.float64, copy=False)
+    top = np.max(logits)
+    shifted = logits - top
+    log_norm = np.log(np.sum(np.exp(shifted)))
+    logprobs = shifted - log_norm
+    probs = np.exp(logprobs)
+    second = np.partition(logits, -2)[-2]
+    return TokenScores(float(logprobs[chosen]), float(-np.sum(probs * logprobs)), float(top - second))
+
+
+def words_in(text: str) -> int:
+    return len(text.split())

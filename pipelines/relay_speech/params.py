@@ -1,0 +1,51 @@
+"""Parameters of one spoken conversation. All are `hot`: they apply from the next audio tick
+(a turn already being answered finishes with the values it started with)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
+OUTPUT_RATES = (16000, 22050, 24000, 44100, 48000)
+
+
+def _hot(**kw):
+    return Field(json_schema_extra={"update": "hot"}, **kw)
+
+
+class RelaySpeechParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["relay", "cascaded"] = _hot(
+        default="relay", description="relay: a fast drafted prefix is spoken at once when the verifier keeps it, and the "
+        "slow path continues it; cascaded: ASR then LLM then TTS only (the baseline).")
+    system_prompt: str = _hot(default=DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=4000)
+    voice: str | None = _hot(default=None, max_length=64, description="A voice from the pipeline's list (`voices` in its "
+                             "stats); unset: the default (Piper joe when installed, else espeak-ng).")
+    verifier_threshold: float = _hot(default=0.5, ge=0.0, le=1.0, description="Keep the draft when the verifier's "
+                                     "P(keep) reaches this; 0 keeps every draft, 1 discards almost all.")
+    draft_words: int = _hot(default=5, ge=1, le=12, description="Most words the fast path drafts.")
+    speculate: bool = _hot(default=True, description="Draft (and voice the draft) during the pause before the turn "
+                           "decision; nothing of it is heard or remembered unless the turn really ends.")
+    vad_threshold: float = _hot(default=0.5, gt=0.0, lt=1.0, description="Speech probability that counts as voice.")
+    min_speech_s: float = _hot(default=0.1, ge=0.03, le=1.0, description="Voice this long starts a user turn (and barges in).")
+    pause_s: float = _hot(default=0.15, ge=0.03, le=2.0, description="Silence after which the fast path starts drafting.")
+    end_of_turn_s: float = _hot(default=0.5, ge=0.1, le=3.0, description="Silence that ends the user's turn (VAD hangover).")
+    max_utterance_s: float = _hot(default=15.0, ge=1.0, le=30.0, description="A longer turn is ended here and answered.")
+    partial_interval_s: float = _hot(default=1.0, ge=0.2, le=10.0, description="Streaming partial transcript every so often while the user speaks.")
+    barge_in: bool = _hot(default=True, description="User speech during the answer stops it.")
+    max_answer_tokens: int = _hot(default=80, ge=4, le=512)
+    max_context_turns: int = _hot(default=8, ge=0, le=64, description="Exchanges of the conversation kept for the LLM.")
+    output_sample_rate: int = _hot(default=24000, description=f"Rate of the spoken answer: one of {', '.join(map(str, OUTPUT_RATES))}.")
+    output_lead_s: float = _hot(default=0.1, ge=0.02, le=1.0, description="How far ahead of real time answer audio is sent "
+                                "(the client's jitter margin; barge-in can stop no faster than this).")
+
+    @model_validator(mode="after")
+    def _check(self) -> RelaySpeechParams:
+        if self.output_sample_rate not in OUTPUT_RATES:
+            raise ValueError(f"output_sample_rate must be one of {', '.join(map(str, OUTPUT_RATES))}")
+        if self.pause_s >= self.end_of_turn_s:
+            raise ValueError(f"pause_s ({self.pause_s}) must be shorter than end_of_turn_s ({self.end_of_turn_s})")
+        return self

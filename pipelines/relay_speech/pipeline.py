@@ -1,0 +1,81 @@
+"""The relay-speech pipeline: spoken dialogue, audio in and audio out (see relay.py).
+
+The server talks to it through the pipeline contract alone. Each step hands a stream the audio
+that arrived since the last one and takes back the answer audio now due, so it is stepped on a
+clock (every tick of its SLO's rate), whether or not audio came in. Steps are cheap: model work
+runs on the pipeline's own thread pool, never on the compute worker, so a long answer does not
+hold up other streams' ticks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from models.speech.bundle import SpeechModels
+from pipelines.base import ParamError, PipelineKind, StepInput, StepOutput, UpdateResult, merge_params, parse_params
+from pipelines.relay_speech.metrics import TurnStats
+from pipelines.relay_speech.params import RelaySpeechParams
+from pipelines.relay_speech.relay import Relay
+from streaming.frames import AudioChunk
+
+# Jobs of all streams together: each stream runs at most a partial transcript, a fast path and
+# a slow path at once, and the models serialise their own calls.
+JOB_THREADS = 6
+
+
+@dataclass(eq=False)
+class RelaySpeechState:
+    params: RelaySpeechParams
+    relay: Relay
+    stats: TurnStats
+
+
+class RelaySpeechPipeline:
+    name = "relay-speech"
+    kind = PipelineKind.AUDIO_TO_AUDIO
+    params_model = RelaySpeechParams
+
+    def __init__(self, models: SpeechModels, jobs: Executor | None = None):
+        self.models = models
+        self.jobs = jobs or ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="speech-job")
+        self.stats = TurnStats()  # every stream's turns, for /metrics
+
+    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> RelaySpeechState:
+        parsed = self._checked(parse_params(RelaySpeechParams, params))
+        stats = TurnStats()
+        return RelaySpeechState(parsed, Relay(self.models, parsed, self.jobs, stream_id, (stats, self.stats)), stats)
+
+    def update(self, state: RelaySpeechState, changes: Mapping[str, Any]) -> UpdateResult:
+        new = self._checked(merge_params(state.params, changes))
+        applied = [k for k in changes if getattr(new, k) != getattr(state.params, k)]
+        state.params = new
+        state.relay.apply(new)
+        return UpdateResult(applied=applied)
+
+    def _checked(self, params: RelaySpeechParams) -> RelaySpeechParams:
+        if params.voice is not None and params.voice not in self.models.voices:
+            raise ParamError(f"voice: unknown voice {params.voice!r}; this server has {', '.join(self.models.voices)}", field="voice")
+        return params
+
+    def step(self, batch: Sequence[tuple[RelaySpeechState, StepInput]]) -> list[StepOutput]:
+        outputs = []
+        for state, audio in batch:
+            chunks = [c for c in audio if isinstance(c, AudioChunk)] if isinstance(audio, Sequence) else []
+            state.relay.feed(chunks)
+            outputs.append(StepOutput(frames=state.relay.advance()))
+        return outputs
+
+    def in_flight(self, state: RelaySpeechState) -> int:
+        return 0 if state.relay.answer is None else 1
+
+    def stream_stats(self, state: RelaySpeechState) -> dict:
+        """The `speech` part of a stream's stats message: turn percentiles and the last turns."""
+        return {**state.stats.snapshot(last=3), "voices": list(self.models.voices), "models": self.models.description}
+
+    def close_state(self, state: RelaySpeechState) -> None:
+        state.relay.close()

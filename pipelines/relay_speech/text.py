@@ -1,0 +1,94 @@
+"""Words at the seams: cutting an answer into clauses for speech, joining a continuation to the
+prefix already spoken, and finding which words of a reply were actually played."""
+
+from __future__ import annotations
+
+import re
+
+_CLAUSE_END = re.compile(r"[.!?;:,](?=\s)|[.!?](?=$)")
+
+
+def take_clause(pending: str, min_words: int, max_words: int, final: bool) -> tuple[str, str]:
+    """Split off the first clause of `pending` that is ready to speak: one that ends at a
+    punctuation mark after `min_words` words, or `max_words` whole words, or whatever is left
+    when the text is final. Returns (clause, rest); clause is "" when nothing is ready."""
+    words = pending.split()
+    for match in _CLAUSE_END.finditer(pending):
+        if len(pending[: match.end()].split()) >= min_words:
+            return pending[: match.end()].strip(), pending[match.end():]
+    # A word is whole only once the text after it has begun (a space follows it).
+    whole = words if final else words[:-1] if pending and not pending[-1].isspace() else words
+    if len(whole) >= max_words:
+        cut = _end_of_word(pending, max_words)
+        return pending[:cut].strip(), pending[cut:]
+    if final and words:
+        return pending.strip(), ""
+    return "", pending
+
+
+def _end_of_word(text: str, n: int) -> int:
+    """Index just after the n-th whitespace-separated word."""
+    count, inside = 0, False
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if inside:
+                count += 1
+                if count == n:
+                    return i
+            inside = False
+        else:
+            inside = True
+    return len(text)
+
+
+def seam_join(prefix: str, continuation: str) -> tuple[str, str]:
+    """The continuation as it can be spoken after `prefix`: (text to speak, fragment dropped).
+
+    Forced-prefix decoding continues the exact prefix text, so its first piece starts a new word
+    (" Paris") or punctuation ("," "."). If it instead extends the prefix's last word ("ian"
+    after "Paris"), that word was already spoken whole: the fragment up to the next word is
+    dropped rather than spoken as a broken word.
+    """
+    if not prefix or not continuation or continuation[0].isspace() or not continuation[0].isalnum():
+        return continuation, ""
+    match = re.match(r"\S*", continuation)
+    fragment = match.group(0) if match else ""
+    # Punctuation glued to the fragment ("ian,") still belongs at the seam.
+    tail = re.sub(r"^[\w'’-]+", "", fragment)
+    return tail + continuation[len(fragment):], fragment[: len(fragment) - len(tail)]
+
+
+def drop_repeated_overlap(prefix: str, continuation: str) -> str:
+    """Remove words at the start of `continuation` that repeat the end of `prefix` (an endpoint
+    told to continue a prefix sometimes restates part of it)."""
+    spoken = [_norm(w) for w in prefix.split()]
+    words = continuation.split()
+    best = 0
+    for n in range(1, min(len(spoken), len(words)) + 1):
+        if spoken[-n:] == [_norm(w) for w in words[:n]]:
+            best = n
+    if not best:
+        return continuation
+    return " " + " ".join(words[best:]) if len(words) > best else ""
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def words_played(text: str, fraction: float) -> str:
+    """The words of `text` heard when `fraction` of its audio was played: time is shared out
+    between words by their length (speech has no per-word timing here), and a word counts as
+    heard once most of it was played."""
+    words = text.split()
+    if fraction >= 1.0 or not words:
+        return text.strip() if fraction >= 1.0 else ""
+    weights = [len(w) + 1 for w in words]
+    total = sum(weights)
+    heard, elapsed = [], 0.0
+    for word, weight in zip(words, weights):
+        if (elapsed + 0.6 * weight) / total > fraction:
+            break
+        heard.append(word)
+        elapsed += weight
+    return " ".join(heard)

@@ -1,0 +1,235 @@
+"""The relay's orchestration with fake components: what is drafted, kept, spoken and remembered,
+in which order and when (jobs inline, time on a fake clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.relay_speech.conversation import Conversation as Context
+from pipelines.relay_speech.text import drop_repeated_overlap, seam_join, take_clause, words_played
+from pipelines.relay_speech.turn_detector import TurnDetector, TurnEvent
+from tests.speech_fakes import Conversation, ManualExecutor, ScriptedAsr, ScriptedChat, fake_models, speech
+
+ANSWER = "The capital of France is Paris. It is a big city."
+
+
+def test_kept_draft_is_spoken_first_and_continued_from_exactly():
+    talk = Conversation(fake_models(verifier_p=0.9))
+    talk.wait(0.3)
+    talk.play(speech(1.5))
+    talk.wait(3.0)
+    record = talk.turn_stats.records()[-1]
+    assert record.kept is True and record.prefix == "The capital of France is"
+    chat = talk.models.drafter
+    (messages, prefix), = chat.responses
+    assert prefix == "The capital of France is"
+    assert messages[-1] == {"role": "user", "content": "what is the capital of france"}
+    # The prefix is voiced first, then the continuation clause by clause; together: the answer, once.
+    assert talk.voice.spoken[0] == "The capital of France is"
+    assert " ".join(talk.voice.spoken).split() == ANSWER.split()
+    assert record.reply.split() == ANSWER.split()
+    assert record.heard == ANSWER
+    assert talk.relay.conversation.history == [{"role": "user", "content": "what is the capital of france"},
+                                               {"role": "assistant", "content": ANSWER}]
+
+
+def test_turn_timing_relay_speaks_at_the_decision():
+    talk = Conversation(fake_models(verifier_p=0.9), end_of_turn_s=0.5)
+    talk.wait(0.3)
+    talk.play(speech(1.0))
+    talk.wait(2.5)
+    record = talk.turn_stats.records()[-1]
+    # Jobs are instant here, so the first audio leaves on the tick of the decision...
+    assert 0 <= record.decision_to_first_audio <= 0.021
+    # ...which comes one hangover after the voice ended.
+    assert 0.45 <= record.speech_end_to_first_audio <= 0.6
+    assert record.seam_gap == 0.0  # the continuation was queued behind the prefix
+
+
+def test_discarded_draft_is_never_voiced_and_slow_path_starts_from_scratch():
+    talk = Conversation(fake_models(verifier_p=0.2), verifier_threshold=0.5)
+    talk.wait(0.3)
+    talk.play(speech(1.5))
+    talk.wait(3.0)
+    record = talk.turn_stats.records()[-1]
+    assert record.kept is False and record.draft == "The capital of France is" and record.prefix == ""
+    (_, prefix), = talk.models.drafter.responses
+    assert prefix == ""
+    # Nothing was voiced before the slow path's first clause.
+    assert talk.voice.spoken[0] == "The capital of France is Paris."
+    assert " ".join(talk.voice.spoken) == ANSWER
+
+
+def test_cascaded_mode_never_drafts():
+    talk = Conversation(fake_models(verifier_p=0.9), mode="cascaded")
+    talk.wait(0.3)
+    talk.play(speech(1.5))
+    talk.wait(3.0)
+    assert talk.models.drafter.drafts == []
+    record = talk.turn_stats.records()[-1]
+    assert record.kept is None and record.reply == ANSWER
+
+
+def test_speculation_of_a_mid_sentence_pause_is_dropped_when_the_user_goes_on():
+    asr = ScriptedAsr()
+    talk = Conversation(fake_models(verifier_p=0.9, asr=asr), pause_s=0.15, end_of_turn_s=0.6)
+    talk.wait(0.3)
+    talk.play(speech(0.8))
+    talk.wait(0.3)            # a pause: the fast path drafts (and voices) speculatively...
+    assert talk.models.drafter.drafts and talk.out == []   # ...but nothing is heard
+    assert talk.relay.conversation.history == []            # ...or remembered
+    talk.play(speech(0.8, seed=3))
+    talk.wait(3.0)
+    assert len(talk.turn_stats.records()) == 1
+    assert len(talk.models.drafter.drafts) == 2             # drafted again at the real end
+    # One prefix, one answer heard.
+    assert talk.turn_stats.records()[0].heard == ANSWER
+    # The fast path transcribed the whole utterance, not just its first part.
+    fast_calls = [seconds for seconds, beam in asr.calls if beam == 1]
+    assert max(fast_calls) > 1.7
+
+
+def test_barge_in_stops_output_and_keeps_only_what_was_played():
+    long_answer = " ".join(f"word{i}" for i in range(60)) + "."
+    talk = Conversation(fake_models(verifier_p=0.9, chat=ScriptedChat(long_answer)))
+    talk.wait(0.3)
+    talk.play(speech(1.0))
+    talk.wait(1.5)            # the answer (6 s of speech) is playing
+    record = talk.relay.answer.record
+    assert record.first_audio_at is not None
+    interrupt_at = talk.clock.t
+    talk.play(speech(0.5, seed=7))
+    # Output stopped: nothing released after the interruption was detected, and its last sample
+    # had played within 250 ms of the interrupting voice.
+    assert record.interrupted and record.barge_in_stop is not None and record.barge_in_stop <= 0.25
+    last_release = max(t for t, _ in talk.out)
+    assert last_release <= interrupt_at + 0.25
+    heard = record.heard.split()
+    assert 5 < len(heard) < 40 and heard == long_answer.split()[:len(heard)]
+    assert talk.relay.conversation.history[-1] == {"role": "assistant", "content": record.heard}
+    # Heard words match the audio released: 0.1 s per word (plus the tone's edges).
+    assert abs(talk.output_seconds() - WORD_TIME * len(heard)) <= 0.25
+    talk.wait(8.0)  # the interruption is itself a turn, answered in full
+    assert talk.turn_stats.records()[-1].heard == long_answer
+
+
+WORD_TIME = 0.1
+
+
+def test_barge_in_before_any_audio_cancels_the_answer_without_side_effects():
+    jobs = ManualExecutor()
+    talk = Conversation(fake_models(verifier_p=0.9), jobs=jobs)
+    talk.wait(0.3)
+    talk.play(speech(1.0))
+    talk.wait(0.6)            # the turn is decided; its jobs have not run yet
+    first = talk.relay.answer
+    assert first is not None and jobs.queued
+    talk.play(speech(0.4, seed=5))   # the user goes on before any answer audio
+    assert first.record.interrupted and first.record.barge_in_stop is None and first.cancel.is_set()
+    jobs.run_all()            # the cancelled jobs finish: nothing of them is heard or remembered
+    talk.wait(0.1)
+    assert talk.out == [] and talk.relay.conversation.history == []
+    talk.wait(0.6)
+    jobs.run_all()
+    talk.wait(2.5)
+    assert talk.turn_stats.records()[-1].heard == ANSWER
+    assert talk.relay.conversation.history[0]["role"] == "user"
+
+
+def test_noise_only_and_silence_make_no_turn():
+    talk = Conversation(fake_models())
+    talk.wait(5.0)
+    rng = np.random.default_rng(0)
+    talk.play((rng.normal(0, 0.02, 16000 * 3)).astype(np.float32))  # below the fake VAD's voice level
+    assert talk.turn_stats.total == 0 and talk.out == []
+
+
+def test_very_long_speech_is_cut_at_max_utterance_and_answered():
+    asr = ScriptedAsr()
+    talk = Conversation(fake_models(asr=asr), max_utterance_s=3.0)
+    talk.wait(0.3)
+    talk.play(speech(7.5))
+    talk.wait(4.0)
+    records = talk.turn_stats.records()
+    assert records[0].forced_end
+    assert all(seconds <= 3.0 + 0.3 + 0.3 for seconds, _ in asr.calls)  # bounded audio per transcript
+    assert records[-1].heard  # the last part was answered
+
+
+def test_context_is_bounded():
+    talk = Conversation(fake_models(), max_context_turns=2)
+    for i in range(4):
+        talk.wait(0.3)
+        talk.play(speech(0.6, seed=i))
+        talk.wait(3.0)
+    history = talk.relay.conversation.history
+    assert len(history) == 4 and history[0]["role"] == "user"
+    assert talk.turn_stats.total == 4
+
+
+def test_seam_fragment_is_dropped_not_spoken():
+    chat = ScriptedChat("Paris is the capital of France.", continuation="ian food, yes.")
+    talk = Conversation(fake_models(verifier_p=0.9, chat=chat), draft_words=1)
+    talk.wait(0.3)
+    talk.play(speech(1.0))
+    talk.wait(3.0)
+    record = talk.turn_stats.records()[-1]
+    assert record.prefix == "Paris" and record.seam_fragment == "ian"
+    assert record.heard == "Paris food, yes."
+
+
+def test_stream_stats_have_percentiles():
+    talk = Conversation(fake_models())
+    for i in range(3):
+        talk.wait(0.3)
+        talk.play(speech(0.8, seed=i))
+        talk.wait(3.0)
+    snap = talk.turn_stats.snapshot(last=2)
+    assert snap["turns"] == 3 and snap["keep_rate"] == 1.0
+    assert snap["speech_end_to_first_audio_ms"]["p50"] is not None
+    assert len(snap["last_turns"]) == 2 and snap["last_turns"][-1]["reply"] == ANSWER
+
+
+# --- pieces ------------------------------------------------------------------------------
+
+
+def test_turn_detector_start_pause_resume_end():
+    d = TurnDetector(threshold=0.5, min_speech_s=0.1, pause_s=0.1, end_of_turn_s=0.3, max_utterance_s=10)
+    events = [(i, d.push(p)) for i, p in enumerate([0.1] * 3 + [0.9] * 10 + [0.1] * 4 + [0.9] * 5 + [0.1] * 12)]
+    found = [(i, e.event) for i, e in events if e is not None]
+    # Voice in windows 3-12 and 17-21; a pause is 3 silent windows, the end of the turn 9.
+    assert found == [(5, TurnEvent.SPEECH_STARTED), (15, TurnEvent.PAUSED), (17, TurnEvent.RESUMED),
+                     (24, TurnEvent.PAUSED), (30, TurnEvent.ENDED)]
+    assert events[5][1].speech_window == 3 and events[30][1].speech_window == 21
+
+
+def test_turn_detector_hysteresis_and_max_length():
+    d = TurnDetector(threshold=0.5, min_speech_s=0.05, pause_s=0.1, end_of_turn_s=0.2, max_utterance_s=1.0)
+    events = [d.push(p) for p in [0.9] * 2 + [0.4] * 40]  # wavering just under the threshold: not silence
+    ended = [e for e in events if e is not None and e.event is TurnEvent.ENDED]
+    assert len(ended) == 1 and ended[0].forced
+
+
+def test_text_helpers():
+    assert take_clause(" is Paris. It is", 2, 12, final=False) == ("is Paris.", " It is")
+    assert take_clause(" one two three fou", 2, 3, final=False) == ("one two three", " fou")
+    assert take_clause(" one two", 4, 12, final=False) == ("", " one two")
+    assert take_clause(" one two", 4, 12, final=True) == ("one two", "")
+    assert seam_join("It is Paris", "ian, yes") == (", yes", "ian")
+    assert seam_join("It is", " Paris.") == (" Paris.", "")
+    assert drop_repeated_overlap("The capital of France is", " France is Paris.") == " Paris."
+    assert drop_repeated_overlap("The capital", " is Paris.") == " is Paris."
+    assert words_played("one two three four", 1.0) == "one two three four"
+    assert words_played("one two three four", 0.0) == ""
+    assert words_played("one two three four", 0.55) == "one two"
+
+
+def test_conversation_merges_consecutive_user_messages_and_bounds_length():
+    ctx = Context(max_turns=1)
+    ctx.add("user", "hello")
+    ctx.add("user", "are you there")
+    assert ctx.history == [{"role": "user", "content": "hello are you there"}]
+    ctx.add("assistant", "yes")
+    ctx.add("user", "good")
+    assert ctx.history == [{"role": "user", "content": "good"}]
+    assert ctx.messages("sys", "next")[0] == {"role": "system", "content": "sys"}

@@ -59,11 +59,10 @@ SKIP_S = 2.0  # warm-up left out of the figures (first keyframe, encoder rate se
 
 
 def moving_picture(index: int, width: int, height: int) -> np.ndarray:
-    """Detailed, moving content: a diagonal gradient scrolling and a noise patch that changes."""
+    """Moving content, like a camera panning: scrolling gradients and a bright bar."""
     y, x = np.mgrid[0:height, 0:width]
     image = np.stack([(x + 4 * index) % 256, (y + 2 * index) % 256, (x + y) % 256], -1).astype(np.uint8)
-    rng = np.random.default_rng(index)
-    image[height // 4:height // 2, width // 4:width // 2] = rng.integers(0, 256, (height // 4, width // 4, 3), np.uint8)
+    image[:, (8 * index) % width:(8 * index) % width + 16] = 255
     return image
 
 

@@ -5,6 +5,7 @@ WebSocket API, a slow pipeline does not build latency, and a closed connection f
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from pipelines.passthrough import PassthroughPipeline
+from streaming.frames import VideoFrame
 from streaming.webrtc.loopback import loopback_only_ice
+from streaming.webrtc.output import GeneratedVideoTrack
 from webrtc_peers import CountingCamera, DemoClient, ToneMicrophone, new_client_pc, prefer, received_on, wait_until
 
 SLOW_STEP_S = 0.15
@@ -156,3 +159,26 @@ async def test_refusals_before_and_after_start(base_url):
     async with httpx.AsyncClient(base_url=base_url) as http:
         response = await http.post("/v1/webrtc/offer", json={"sdp": "v=0 nonsense", "type": "offer"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "bad_message"
+
+
+async def test_output_track_paces_a_burst_and_drops_what_a_slow_encoder_cannot_take():
+    dropped: list[int] = []
+    track = GeneratedVideoTrack(30.0, 0.5, on_dropped=lambda: dropped.append(1))
+    picture = np.zeros((16, 16, 3), np.uint8)
+    now = time.monotonic()
+
+    def frame(i: int) -> VideoFrame:
+        return VideoFrame(picture, i, 10 + i / 30, timestamps={"finished": now})
+
+    for i in range(4):  # a chunk's burst: kept, and spaced out by pts
+        track.push(frame(i))
+    started = time.monotonic()
+    sent = [await track.recv() for _ in range(4)]
+    assert dropped == [] and time.monotonic() - started > 2.5 / 30 * 0.8
+    assert [f.pts for f in sent] == sorted({f.pts for f in sent})  # monotonic RTP pts
+
+    for i in range(4, 24):  # the encoder fell behind by 20 frames: only the last quarter second waits
+        track.push(frame(i))
+    assert len(dropped) == 12
+    assert (await track.recv()).pts > sent[-1].pts
+    track.stop()

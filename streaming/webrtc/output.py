@@ -26,6 +26,10 @@ from streaming.webrtc.ingest import AUDIO_LAYOUT, AUDIO_RATE
 VIDEO_CLOCK = 90000
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
 OUTPUT_BACKLOG = 32        # most generated frames waiting to be sent
+# Queued frames may span this much capture time: a chunk's burst, paced out by pts. A longer
+# queue means the encoder (or the link) is slower than the model, and then the oldest frames
+# are superseded: sending them would only add latency.
+MAX_QUEUED_SPAN_S = 0.25
 AUDIO_PTIME = 0.020
 AUDIO_FRAME_SAMPLES = round(AUDIO_RATE * AUDIO_PTIME)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
@@ -35,8 +39,9 @@ AUDIO_MAX_LAG_S = 0.200    # a pacing clock this far behind (a stalled loop) res
 
 class GeneratedVideoTrack(MediaStreamTrack):
     """`recv()` waits for the next generated frame. Frames older than the latency budget, or
-    beyond the backlog, are dropped (`on_dropped`) rather than sent late; `on_sent(frame, pts)`
-    hears about each frame handed to the encoder with the RTP pts it got."""
+    superseded while the encoder lags (see MAX_QUEUED_SPAN_S), are dropped (`on_dropped`)
+    rather than sent late; `on_sent(frame, pts)` hears about each frame handed to the encoder
+    with the RTP pts it got."""
 
     kind = "video"
 
@@ -61,7 +66,8 @@ class GeneratedVideoTrack(MediaStreamTrack):
     def push(self, frame: VideoFrame) -> None:
         """Queue a generated frame (event loop only)."""
         stale_before = time.monotonic() - self._budget_s
-        while self._frames and (len(self._frames) >= OUTPUT_BACKLOG or self._frames[0].timestamps.get("finished", 0.0) < stale_before):
+        while self._frames and (len(self._frames) >= OUTPUT_BACKLOG or self._frames[0].timestamps.get("finished", 0.0) < stale_before
+                                or _span(self._frames[0], frame) > MAX_QUEUED_SPAN_S):
             self._frames.popleft()
             if self._on_dropped is not None:
                 self._on_dropped()
@@ -93,6 +99,10 @@ class GeneratedVideoTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._ready.set()  # a recv() waiting for a frame ends
+
+
+def _span(older: VideoFrame, newer: VideoFrame) -> float:
+    return 0.0 if older.pts is None or newer.pts is None else newer.pts - older.pts
 
 
 class GeneratedAudioTrack(MediaStreamTrack):

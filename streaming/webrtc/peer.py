@@ -90,8 +90,8 @@ class SessionPeer:
 
     def _on_track(self, track) -> None:
         ingest = self.video_in if track.kind == "video" else self.audio_in
-        if ingest is not None:
-            self._spawn(drain(track, ingest.on_frame))
+        # Media nobody uses (a player that sends too) is still read, or aiortc would queue it forever.
+        self._spawn(drain(track, ingest.on_frame if ingest is not None else _discard))
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -195,6 +195,10 @@ class SessionPeer:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _discard(frame) -> None:
+    pass
 
 
 class PeerRegistry:

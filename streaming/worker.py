@@ -30,6 +30,8 @@ from streaming.errors import ErrorCode, StreamError
 from streaming.frames import VideoFrame
 from streaming.scheduler import Batch, SloScheduler, StreamView, TickPlan
 from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, needs_input
+from streaming.stages.group import StageGroup
+from streaming.stages.placement import place_stages
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,12 @@ QUALITY_EVERY_S = 0.25     # how often degradation is reconsidered
 
 
 class ComputeWorker:
-    def __init__(self, load_pipelines: Callable[[], Mapping[str, Pipeline]], *, warmup: bool = True, max_batch: int = 16):
+    def __init__(self, load_pipelines: Callable[[], Mapping[str, Pipeline]], *, warmup: bool = True, max_batch: int = 16,
+                 stage_devices: list[str] | None = None):
         self._load_pipelines = load_pipelines
         self._warmup = warmup
+        self._stage_devices = stage_devices
+        self.stage_group: StageGroup | None = None  # the processes of pipelines split across devices
         self.max_batch = max_batch
         self.pipelines: dict[str, Pipeline] = {}
         self.ready = threading.Event()
@@ -93,6 +98,8 @@ class ComputeWorker:
     def _run(self) -> None:
         try:
             self.pipelines = dict(self._load_pipelines())
+            if self._stage_devices:
+                self.stage_group = place_stages(self.pipelines, self._stage_devices)
             if self._warmup:
                 for name, pipeline in self.pipelines.items():
                     started = time.perf_counter()
@@ -103,6 +110,7 @@ class ComputeWorker:
         except BaseException as err:  # noqa: BLE001 - reported through /health and `serve`
             log.exception("loading the pipelines failed")
             self.failed = err
+            self._close_stages()
             self.finished_loading.set()
             return
         self.ready.set()
@@ -121,6 +129,12 @@ class ComputeWorker:
                     wake_at = self._next_quality_check if wake_at is None else min(wake_at, self._next_quality_check)
                 self._wake.wait(None if wake_at is None else max(0.0, wake_at - time.monotonic()))
         self._run_commands()  # let pending callers see a result rather than hang
+        self._close_stages()
+
+    def _close_stages(self) -> None:
+        if self.stage_group is not None:
+            self.stage_group.close()
+            self.stage_group = None
 
     def _tick(self) -> TickPlan:
         self._run_commands()

@@ -27,6 +27,9 @@ class VideoModels:
     text_encoder: TextEncoder
     device: torch.device
     dtype: torch.dtype
+    cache_layers: int | None = None
+    """Layers whose KV this process keeps (the first ones): all of them, unless the transformer is
+    split across processes (streaming.stages), where each process keeps its own layers' KV."""
 
     @property
     def latent_channels(self) -> int:
@@ -54,7 +57,7 @@ class VideoModels:
     ) -> RollingKVCache:
         t = self.transformer
         layout = CacheLayout(
-            layers=t.config.num_layers,
+            layers=t.config.num_layers if self.cache_layers is None else self.cache_layers,
             heads=t.heads,
             head_dim=t.config.attention_head_dim,
             frame_tokens=t.tokens_per_frame(*self.latent_size(width, height)),

@@ -21,7 +21,7 @@ importance pool keeps different tokens per layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,21 @@ class CacheLayout:
     def bytes_per_row(self, dtype: torch.dtype) -> int:
         """Memory of one row's keys and values over all layers."""
         return 2 * self.layers * self.heads * self.tokens * self.head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class LayerBlock:
+    """Consecutive layers of a cache, everything per layer: keys, values and the pool's
+    bookkeeping. What moves between processes when a stage's layers change hands."""
+
+    k: torch.Tensor              # (layers, rows, heads, tokens, head_dim)
+    v: torch.Tensor
+    pool_frame: torch.Tensor     # (layers, rows, pool_tokens)
+    pool_position: torch.Tensor
+
+    @property
+    def layers(self) -> int:
+        return self.k.shape[0]
 
 
 @dataclass
@@ -156,6 +171,36 @@ class RollingKVCache:
     def cached_frames(self, row: int) -> list[int]:
         """The frames this row holds, oldest first."""
         return sorted(f for f in self.tables[row].frame if f != EMPTY)
+
+    # ---- layer ownership (one stage of a forward split across processes) ---------------------
+
+    def layer_block(self, start: int, stop: int) -> LayerBlock:
+        """Layers [start, stop) of this cache (its own indices), as views."""
+        return LayerBlock(self.k[start:stop], self.v[start:stop], self.pool_frame[start:stop], self.pool_position[start:stop])
+
+    def empty_block(self, layers: int) -> LayerBlock:
+        """`layers` layers that hold nothing yet (the frame tables say what is valid)."""
+        k = self.k.new_zeros((layers, *self.k.shape[1:]))
+        frame = self.pool_frame.new_full((layers, *self.pool_frame.shape[1:]), EMPTY)
+        return LayerBlock(k, k.clone(), frame, self.pool_position.new_zeros(frame.shape))
+
+    def set_layers(self, blocks: list[LayerBlock]) -> None:
+        """Hold exactly `blocks`, in order: a stage's new layer range. The frame tables are shared
+        by every layer, so they stay as they are."""
+        self.k = torch.cat([b.k.to(self.device, self.k.dtype) for b in blocks])
+        self.v = torch.cat([b.v.to(self.device, self.v.dtype) for b in blocks])
+        self.pool_frame = torch.cat([b.pool_frame.cpu() for b in blocks])
+        self.pool_position = torch.cat([b.pool_position.cpu() for b in blocks])
+        self.layout = replace(self.layout, layers=self.k.shape[0])
+
+    def follow(self, plan: WritePlan) -> None:
+        """Place a write without attending: a stage that holds none of the layers keeps its frame
+        tables in step with the stages that do."""
+        if not plan.placed:
+            frames = len(plan.writes[0].frames)
+            shape = (len(plan.writes), self.layout.heads, frames * self.layout.frame_tokens, self.layout.head_dim)
+            zeros = torch.zeros(shape, device=self.device, dtype=self.k.dtype)
+            self._place(plan, zeros, zeros)
 
     # ---- writing ------------------------------------------------------------------------------
 

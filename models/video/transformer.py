@@ -50,11 +50,27 @@ class TextKV:
 
 @dataclass
 class CachedRows:
-    """Rows of a batch that attend over rows of one cache: batch rows [start, start+len(plan.rows))."""
+    """Rows of a batch that attend over rows of one cache: batch rows [start, start+len(plan.rows)).
+    `text` is the prompt K/V of those rows' stream (one row), for a forward split across processes."""
 
     cache: RollingKVCache
     plan: WritePlan
     start: int
+    text: TextKV | None = None
+
+
+@dataclass
+class FrameConditioning:
+    """What every layer of one forward needs besides the hidden states: per-frame adaLN
+    modulation, the time embedding for the head, and the rotary angles of the tokens."""
+
+    temb: torch.Tensor        # (R, F, dim)
+    modulation: torch.Tensor  # (R, F, 6, dim)
+    cos: torch.Tensor         # (R, 1, F*hw, D/2)
+    sin: torch.Tensor
+    frames: int
+    height: int               # latent size, before patching
+    width: int
 
 
 # The self-attention of one layer: (layer, q, k, v) -> attention output, all (rows, heads, tokens, head_dim).
@@ -134,21 +150,40 @@ class CausalWanTransformer(WanTransformer3DModel):
         return self._run(latents, timesteps, text, positions, attend)
 
     def _run(self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextKV, positions: torch.Tensor, attend: SelfAttention) -> torch.Tensor:
-        rows, _, frames, height, width = latents.shape
+        cond = self.conditioning(timesteps, positions, latents.shape[-3:], latents.device)
+        x = self.run_blocks(self.embed(latents), cond, text, attend, range(len(self.blocks)))
+        return self.head(x, cond)
+
+    # The three parts of a forward, so that a forward split across processes runs the same code:
+    # the first stage embeds, each stage runs its layers, the last applies the head.
+
+    def conditioning(self, timesteps: torch.Tensor, positions: torch.Tensor, latent_shape, device) -> FrameConditioning:
+        """latent_shape: (frames, height, width) of the latents."""
+        frames, height, width = latent_shape
         pt, ph, pw = self.config.patch_size
         if pt != 1:
             raise ValueError("the causal path needs a temporal patch size of 1 (one latent frame per block step)")
-        hp, wp = height // ph, width // pw
-        x = self.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
-        temb, modulation = self._frame_embeddings(timesteps.to(latents.device))
-        cos, sin = self.rope3d.cos_sin(positions, hp, wp, x.device)  # (R, F, hw, D/2)
-        cos, sin = cos.flatten(1, 2)[:, None], sin.flatten(1, 2)[:, None]
-        for layer, block in enumerate(self.blocks):
-            x = self._block(block, layer, x, modulation, text.k[layer], text.v[layer], cos, sin, attend, frames)
-        shift, scale = (self.scale_shift_table[None].float() + temb[:, :, None]).unbind(2)
+        temb, modulation = self._frame_embeddings(timesteps.to(device))
+        cos, sin = self.rope3d.cos_sin(positions, height // ph, width // pw, device)  # (R, F, hw, D/2)
+        return FrameConditioning(temb, modulation, cos.flatten(1, 2)[:, None], sin.flatten(1, 2)[:, None], frames, height, width)
+
+    def embed(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.patch_embedding(latents.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()
+
+    def run_blocks(self, x: torch.Tensor, cond: FrameConditioning, text: TextKV, attend: SelfAttention, layers: range) -> torch.Tensor:
+        """Layers `layers` (global indices; `attend` and `text` are indexed by them)."""
+        for layer in layers:
+            x = self._block(self.blocks[layer], layer, x, cond.modulation, text.k[layer], text.v[layer], cond.cos, cond.sin,
+                            attend, cond.frames)
+        return x
+
+    def head(self, x: torch.Tensor, cond: FrameConditioning) -> torch.Tensor:
+        rows, frames = x.shape[0], cond.frames
+        pt, ph, pw = self.config.patch_size
+        shift, scale = (self.scale_shift_table[None].float() + cond.temb[:, :, None]).unbind(2)
         x = _modulate(self.norm_out(x.float()), scale, shift, frames).type_as(x)
         x = self.proj_out(x)
-        x = x.reshape(rows, frames, hp, wp, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        x = x.reshape(rows, frames, cond.height // ph, cond.width // pw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def _block(self, block, layer, x, modulation, text_k, text_v, cos, sin, attend: SelfAttention, frames: int) -> torch.Tensor:

@@ -96,6 +96,7 @@ class RollingKVPipeline:
         self.models = models
         self.params_model = params_model_for(models)
         self.scheduling = profile_for(models)
+        self.denoiser = models.transformer  # what a stage split replaces (streaming.stages)
 
     # ---- per-stream state ------------------------------------------------------------------
 
@@ -347,14 +348,14 @@ class RollingKVPipeline:
         groups, start = [], 0
         for call in calls:
             frames = [c.frames for c in call.chunks]
-            groups.append(CachedRows(call.state.cache, call.state.cache.begin_write(call.rows, frames), start))
+            groups.append(CachedRows(call.state.cache, call.state.cache.begin_write(call.rows, frames), start, call.state.text))
             start += len(call.rows)
         latents = torch.cat([c.latents for call in calls for c in call.chunks])
         per_frame = latents.shape[2]
         sigma = sigma_of(torch.tensor([t for call in calls for t in call.timesteps]), m.preset.timestep_shift)
         timesteps = (1000.0 * sigma).float()[:, None].expand(-1, per_frame)
         text = TextKV.cat([call.state.text.expand(len(call.rows)) for call in calls])
-        flow = m.transformer.forward_cached(latents, timesteps, text, groups)
+        flow = self.denoiser.forward_cached(latents, timesteps, text, groups)
         x0 = predicted_x0(latents, flow, sigma.to(latents.device, torch.float32).view(-1, 1, 1, 1, 1))
         start = 0
         for call in calls:

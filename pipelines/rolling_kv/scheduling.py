@@ -8,7 +8,9 @@ from typing import Any
 from models.video.bundle import VideoModels
 from models.video.vae import pixel_frames
 from pipelines.rolling_kv.params import RollingKVParams
+from pipelines.rolling_kv.stages import split_across
 from pipelines.scheduling import SchedulingProfile, smaller_size
+from streaming.stages.placement import StageDeclaration
 
 MAX_CHUNK_LATENTS = 4
 
@@ -40,5 +42,7 @@ def profile_for(models: VideoModels) -> SchedulingProfile:
         cost_shape=cost_shape,
         pipe_depth=pipe_depth,
         lower_quality=lower_quality,
+        stages=StageDeclaration(units=lambda pipeline: pipeline.models.transformer.config.num_layers,
+                                host="pipelines.rolling_kv.stages:LayerStageHost", attach=split_across),
     )
 

@@ -100,6 +100,7 @@ class Received:
 
     frames: list[tuple[float, av.VideoFrame | av.AudioFrame]] = field(default_factory=list)
     ended: bool = False
+    task: asyncio.Future | None = None  # the collecting task, kept referenced while it runs
 
     async def collect(self, track: MediaStreamTrack) -> None:
         try:
@@ -125,11 +126,11 @@ def prefer(transceiver, mime_type: str) -> None:
 def received_on(pc: RTCPeerConnection) -> dict[str, Received]:
     """Start collecting every remote track `pc` gets, by kind."""
     received = {"video": Received(), "audio": Received()}
-    tasks = []
 
     @pc.on("track")
     def on_track(track) -> None:
-        tasks.append(asyncio.ensure_future(received[track.kind].collect(track)))
+        kept = received[track.kind]
+        kept.task = asyncio.ensure_future(kept.collect(track))
 
     return received
 

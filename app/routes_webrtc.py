@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.context import ServerContext, server_context
 from app.peers import new_peer, peer_registry
+from app.sdp_exchange import MAX_SDP_BYTES
 from streaming.errors import ErrorCode, StreamError
 from streaming.protocol import PROTOCOL_VERSION
 from streaming.webrtc.codecs import UnsupportedOffer
@@ -19,8 +20,6 @@ from streaming.webrtc.control import CHANNEL_LABEL, ControlChannel
 from streaming.webrtc.peer import PeerRegistry
 
 router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"])
-
-MAX_SDP_BYTES = 64 * 2**10
 
 
 class Offer(BaseModel):

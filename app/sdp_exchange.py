@@ -24,7 +24,7 @@ _CORS = {"Access-Control-Allow-Origin": "*",
 
 
 async def read_offer(request: Request) -> str:
-    """The SDP offer in the body; StreamError (answered 415 or 400) when it is not one."""
+    """The SDP offer in the body; SdpError (415, 413 or 400) when it is not one."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != SDP:
         raise SdpError(415, f"the offer must be sent as {SDP}, not {content_type or 'no content type'}")

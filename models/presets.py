@@ -64,8 +64,8 @@ class DiffusionPreset:
         return json.loads(path.read_text())
 
 
-# Placeholder until training settles the schedule; see docs/style-model.md.
-STYLE_DEFAULTS = {"prompt": "pencil sketch", "t_index_list": [40], "cfg_type": "none", "guidance_scale": 1.0, "width": 256, "height": 256}
+# One step at timestep 99, inside the range the model was trained on (docs/style-model.md).
+STYLE_DEFAULTS = {"prompt": "pencil sketch", "t_index_list": [45], "cfg_type": "none", "guidance_scale": 1.0, "width": 256, "height": 256}
 _TURBO_DEFAULTS = {"t_index_list": [35, 45], "cfg_type": "none", "guidance_scale": 1.0, "width": 512, "height": 512}
 
 PRESETS: dict[str, DiffusionPreset] = {

@@ -1,7 +1,7 @@
 """Capture-to-output latency over WebRTC against the WebSocket API, passthrough pipeline, same run.
 
     python -m benchmarks.webrtc_latency                      # 512x512 and 1280x720, VP8, H.264, WebSocket JPEG
-    python -m benchmarks.webrtc_latency --sizes 512x512 --seconds 20
+    python -m benchmarks.webrtc_latency --sizes 512x512 --seconds 30 --rounds 5
 
 The server runs in this process (its own thread and event loop), on 127.0.0.1 only. A synthetic
 camera makes frames at `--fps` on the wall clock with moving content; latency is from a frame's
@@ -17,8 +17,9 @@ the server, not by pixels:
 - WebSocket: the client JPEG-encodes the capture (quality 90) and sends it with its capture
   time as pts; outputs come back as JPEG carrying it.
 Encode/decode columns time aiortc's own codec objects on the same kind of frames, one frame at a
-time, so they say what each hop costs in CPU. Absolute numbers on a shared CPU are noisy; compare
-rows of one run.
+time, so they say what each hop costs in CPU. The rows of a size take turns (`--rounds`) and
+their samples are pooled, so a drifting load on a shared CPU hits them alike; absolute numbers
+there are still noisy: compare rows of one run.
 """
 
 from __future__ import annotations
@@ -207,11 +208,24 @@ def serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
+# (transport, codec, jitter-buffer rule) per row
+CONFIGS = (("WebRTC", "VP8", "marker"), ("WebRTC", "H264", "marker"), ("WebRTC", "VP8", "aiortc"), ("WebSocket", "JPEG q90", "–"))
+
+
+def run_config(url: str, config: tuple[str, str, str], width: int, height: int, fps: float, seconds: float) -> dict:
+    transport, codec, release = config
+    release_frames_on_marker() if release != "aiortc" else stock_release()
+    if transport == "WebSocket":
+        return asyncio.run(websocket_run(url, width, height, fps, seconds))
+    return asyncio.run(webrtc_run(url, codec, width, height, fps, seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="512x512,1280x720")
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per row (after a 2 s warm-up)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured time per row, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rows take turns this many times (a shared CPU's load drifts)")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
 
@@ -219,24 +233,28 @@ def main() -> None:
         server, thread, url = serve(Settings(_env_file=None, warmup=False, log_level="warning"))
         try:
             print(f"machine: {machine()}")
-            print(f"settings: passthrough, {args.fps:g} fps camera, {args.seconds:g} s per row after {SKIP_S:g} s warm-up, "
-                  "server in this process on 127.0.0.1\n")
+            print(f"settings: passthrough, {args.fps:g} fps camera, {args.seconds:g} s per row in {args.rounds} rounds "
+                  f"(each after a {SKIP_S:g} s warm-up), server in this process on 127.0.0.1\n")
             print("| size | transport | codec | jitter buffer | p50 ms | p95 ms | p99 ms | fps out | drops "
                   "| encode ms/frame | decode ms/frame | kbit/s |")
             print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for width, height in sizes:
-                for codec, release in (("VP8", "marker"), ("H264", "marker"), ("VP8", "aiortc")):
-                    release_frames_on_marker() if release == "marker" else stock_release()
-                    run = asyncio.run(webrtc_run(url, codec, width, height, args.fps, args.seconds))
-                    encode_ms, decode_ms, kbits = codec_cost(codec, width, height, args.fps)
-                    p50, p95, p99 = percentiles(run["latencies"])
-                    print(f"| {width}x{height} | WebRTC | {codec} | {release} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
-                          f"{run['fps']:.1f} | {run['dropped']} | {encode_ms:.1f} | {decode_ms:.1f} | {kbits} |", flush=True)
+                pooled = {config: {"latencies": [], "fps": 0.0, "dropped": 0} for config in CONFIGS}
+                for _ in range(args.rounds):
+                    for config in CONFIGS:
+                        run = run_config(url, config, width, height, args.fps, args.seconds / args.rounds)
+                        pooled[config]["latencies"] += run["latencies"]
+                        pooled[config]["fps"] += run["fps"] / args.rounds
+                        pooled[config]["dropped"] += run["dropped"]
                 release_frames_on_marker()
-                run = asyncio.run(websocket_run(url, width, height, args.fps, args.seconds))
-                p50, p95, p99 = percentiles(run["latencies"])
-                print(f"| {width}x{height} | WebSocket | JPEG q90 | – | {p50:.1f} | {p95:.1f} | {p99:.1f} | {run['fps']:.1f} | "
-                      f"{run['dropped']} | – | – | – |", flush=True)
+                for (transport, codec, release), run in pooled.items():
+                    p50, p95, p99 = percentiles(run["latencies"])
+                    costs = "– | – | –"
+                    if transport == "WebRTC":
+                        encode_ms, decode_ms, kbits = codec_cost(codec, width, height, args.fps)
+                        costs = f"{encode_ms:.1f} | {decode_ms:.1f} | {kbits}"
+                    print(f"| {width}x{height} | {transport} | {codec} | {release} | {p50:.1f} | {p95:.1f} | {p99:.1f} | "
+                          f"{run['fps']:.1f} | {run['dropped']} | {costs} |", flush=True)
         finally:
             server.should_exit = True
             thread.join(15)

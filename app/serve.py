@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated pipelines to load as NAME or NAME:PRESET, the first is the default "
                         "(default: the pipeline of --preset, stream-diffusion without one, and passthrough)")
     parser.add_argument("--max-sessions", type=int, help="admission limit: sessions beyond it are refused as busy")
+    parser.add_argument("--stage-devices", type=lambda s: [d for d in s.split(",") if d],
+                        help="split each pipeline that declares stages across these devices, one process each (e.g. cuda:0,cuda:1)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     add_model_arguments(parser)
 

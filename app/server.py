@@ -66,8 +66,8 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     if load_pipelines is None:
         plan = plan_pipelines(settings.pipelines, settings.preset)  # a bad name fails here, before binding
         load_pipelines = lambda: load_configured_pipelines(plan, settings)  # noqa: E731
-    worker = ComputeWorker(load_pipelines,
-                           warmup=settings.warmup, max_batch=settings.max_batch)
+    worker = ComputeWorker(load_pipelines, warmup=settings.warmup, max_batch=settings.max_batch,
+                           stage_devices=settings.stage_devices)
     metrics = ServerMetrics()
     sessions = SessionManager(worker, metrics, max_sessions=settings.max_sessions,
                               idle_timeout_s=settings.session_idle_timeout_s, audio_buffer_s=settings.audio_buffer_s)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="CPU threads for model compute; unset keeps torch's choice.")
     warmup: bool = Field(True, description="Run each pipeline once at startup so the first client does not pay for it.")
     max_batch: int = Field(16, ge=1, description="Most streams one batched step serves.")
+    stage_devices: list[str] | None = Field(
+        None, description="Split every pipeline that declares stages across these devices, one process each "
+        "(cuda:0,cuda:1; cpu,cpu to try it on a CPU). Unset: each pipeline runs whole in this process. See docs/scheduler.md.")
     max_message_bytes: int = Field(16 * 2**20, ge=1024, description="Largest WebSocket message accepted.")
     max_control_bytes: int = Field(64 * 2**10, ge=256, description="Largest JSON control message accepted.")
     max_frame_width: int = Field(2048, ge=16)

@@ -4,11 +4,18 @@ layers move between them."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+
 import numpy as np
 import pytest
 
+from conftest import make_settings, serve_in_thread
+
 from pipelines.registry import ModelOptions, load_pipeline
 from pipelines.rolling_kv.stages import layer_ranges, split_across
+from pipelines.stream_diffusion.stages import split_rows
+from streaming.client import StreamClient
 from streaming.frames import VideoFrame
 from streaming.stages.balance import Rebalancer, balanced_split, stage_times
 from streaming.stages.group import HostSpec, StageGroup
@@ -70,29 +77,48 @@ def run_streams(pipe, params_list, pictures_list, between=None) -> list[list[np.
     return outputs
 
 
+async def test_the_server_splits_a_pipeline_over_stage_processes_and_stops_them_with_it():
+    settings = make_settings(preset="tiny-video", device="cpu", pipelines=["rolling-kv-video"], stage_devices=["cpu", "cpu"],
+                             warmup=True)
+    with serve_in_thread(settings) as url:
+        assert len(multiprocessing.active_children()) == 1  # rank 1
+        async with await StreamClient.connect(url) as client:
+            await client.start("rolling-kv-video", {"steps": 1, "kv_mode": "single-slot"}, output_format="rgb24")
+            for k in range(5):
+                await client.send_frame(clip(1, seed=k)[0], frame_id=k, format="rgb24")
+                while (await client.stats())["frames_stepped"] <= k:
+                    await asyncio.sleep(0.02)
+            assert (await client.receive_frame(30)).frame_id == 0
+    assert multiprocessing.active_children() == []
+
+
 @pytest.fixture(scope="module")
-def video_split():
-    pipe = load_pipeline("rolling-kv-video", ModelOptions(preset="tiny-video", device="cpu"))
-    layers = pipe.models.transformer.config.num_layers
-    counts = [1, layers - 1]
-    group = StageGroup(["cpu", "cpu"], {"video": HostSpec("pipelines.rolling_kv.stages:LayerStageHost",
-                                                          {"source": pipe.source, "counts": counts})})
+def split():
+    """The video and the diffusion pipeline, each split over this process and one other."""
+    video = load_pipeline("rolling-kv-video", ModelOptions(preset="tiny-video", device="cpu"))
+    diffusion = load_pipeline("stream-diffusion", ModelOptions(preset="tiny", device="cpu"))
+    counts = [1, video.models.transformer.config.num_layers - 1]
+    group = StageGroup(["cpu", "cpu"], {
+        "video": HostSpec("pipelines.rolling_kv.stages:LayerStageHost", {"source": video.source, "counts": counts}),
+        "sd": HostSpec("pipelines.stream_diffusion.stages:RowStageHost", {"source": diffusion.source}),
+    })
     try:
-        split_across(pipe, group, counts, "video")
-        yield pipe
+        split_across(video, group, counts, "video")
+        split_rows(diffusion, group, None, "sd")
+        yield {"video": video, "sd": diffusion}
     finally:
         group.close()
     assert all(not p.is_alive() for p in group.processes)
 
 
-def test_a_video_pipeline_split_over_two_processes_equals_one_process_before_and_after_rebalancing(video_split):
+def test_a_video_pipeline_split_over_two_processes_equals_one_process_before_and_after_rebalancing(split):
     single = load_pipeline("rolling-kv-video", ModelOptions(preset="tiny-video", device="cpu"))
     params = [single.params_model(prompt="charcoal", steps=2, kv_mode="stream-batch", eviction="importance"),
               single.params_model(prompt="a harbour at dusk", steps=2, kv_mode="single-slot", seed=5)]
     pictures = [clip(5 + 4 * 8, seed=1), clip(5 + 4 * 8, seed=2)]
     reference = run_streams(single, params, pictures)
 
-    staged = video_split.denoiser
+    staged = split["video"].denoiser
     layers = sum(staged.counts)
     moves = {13: [layers, 0], 25: [1, layers - 1]}  # all layers to rank 0 and back, caches moving with them
     seen = []
@@ -102,10 +128,10 @@ def test_a_video_pipeline_split_over_two_processes_equals_one_process_before_and
             staged.rebalance(moves[k])
             seen.append(list(staged.counts))
 
-    split = run_streams(video_split, params, pictures, between=rebalance)
+    outputs = run_streams(split["video"], params, pictures, between=rebalance)
     assert seen == list(moves.values())
     assert staged.last_stage_s[1] > 0  # rank 1 did compute
-    for ours, theirs in zip(split, reference):
+    for ours, theirs in zip(outputs, reference):
         assert len(ours) == len(theirs) == len(pictures[0])
         diff = np.abs(np.stack(ours).astype(int) - np.stack(theirs).astype(int))
         assert diff.max() <= 1 and diff.mean() < 1e-3
@@ -113,3 +139,17 @@ def test_a_video_pipeline_split_over_two_processes_equals_one_process_before_and
 
 def test_layer_ranges_cover_the_model_in_order():
     assert layer_ranges([1, 0, 3]) == [range(0, 1), range(1, 1), range(1, 4)]
+
+
+def test_a_stream_diffusion_pipeline_split_by_step_groups_equals_one_process(split):
+    single = load_pipeline("stream-diffusion", ModelOptions(preset="tiny", device="cpu"))
+    params = [single.params_model(prompt="fox", t_index_list=[20, 32, 45], width=64, height=64, cfg_type="full"),
+              single.params_model(prompt="owl", t_index_list=[30, 45], width=64, height=64, seed=9)]
+    pictures = [clip(8, seed=3), clip(8, seed=4)]
+    reference, outputs = run_streams(single, params, pictures), run_streams(split["sd"], params, pictures)
+    assert sum(split["sd"].denoise.last_counts[1:]) > 0  # rank 1 took rows
+    for ours, theirs in zip(outputs, reference):
+        assert len(ours) == len(theirs) == 8
+        diff = np.abs(np.stack(ours).astype(int) - np.stack(theirs).astype(int))
+        assert diff.max() <= 1 and diff.mean() < 1e-2
+

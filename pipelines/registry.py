@@ -53,10 +53,25 @@ def _rolling_kv_video(options: ModelOptions) -> Pipeline:
     return RollingKVPipeline(models)
 
 
+def _relay_speech(options: ModelOptions) -> Pipeline:
+    """Models from packages, or those named by LATENTCAST_SPEECH_* (docs/speech.md)."""
+    from models.speech.bundle import load_speech_models
+    from models.speech.config import SpeechConfig
+    from pipelines.relay_speech.pipeline import RelaySpeechPipeline
+
+    config = SpeechConfig()
+    if options.device.startswith("cuda"):
+        config.device = "cuda"
+    if options.threads:
+        config.threads = options.threads
+    return RelaySpeechPipeline(load_speech_models(config))
+
+
 _BUILDERS: dict[str, Callable[[ModelOptions], Pipeline]] = {
     "passthrough": _passthrough,
     "stream-diffusion": _stream_diffusion,
     "rolling-kv-video": _rolling_kv_video,
+    "relay-speech": _relay_speech,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -40,6 +41,20 @@ class SessionSample:
     session_id: str
     pipeline: str
     snapshot: dict
+
+
+class _PipelineCollector(Collector):
+    """Series a pipeline keeps itself (its `metric_families(name)`, when it has one), read at
+    each scrape: the relay-speech pipeline's per-turn latencies, for instance."""
+
+    def __init__(self, pipelines: Callable[[], Iterable[tuple[str, Any]]]):
+        self._pipelines = pipelines
+
+    def collect(self):
+        for name, pipeline in self._pipelines():
+            families = getattr(pipeline, "metric_families", None)
+            if families is not None:
+                yield from families(name)
 
 
 class _SessionCollector(Collector):
@@ -95,6 +110,10 @@ class ServerMetrics:
     def track_sessions(self, sessions: Callable[[], Iterable[SessionSample]]) -> None:
         """Export per-session gauges read from `sessions()` at each scrape."""
         self.registry.register(_SessionCollector(sessions))
+
+    def track_pipelines(self, pipelines: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+        """Export the series pipelines keep themselves, from `(name, pipeline)` pairs at each scrape."""
+        self.registry.register(_PipelineCollector(pipelines))
 
     def for_pipeline(self, pipeline: str) -> PipelineMetrics:
         return PipelineMetrics(

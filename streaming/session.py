@@ -74,8 +74,9 @@ SessionEvent = OutputFrame | OutputAudio | StreamNotice | QualityChanged | Sessi
 
 
 def needs_input(pipeline: Pipeline, params: BaseModel) -> bool:
-    """Whether a stream advances on its input frames or on its own clock (text-to-video, txt2img)."""
-    if pipeline.kind is PipelineKind.TEXT_TO_VIDEO:
+    """Whether a stream advances on its input frames or on its own clock (text-to-video, txt2img,
+    and audio pipelines, which take whatever audio arrived at each tick and send what is due)."""
+    if pipeline.kind in (PipelineKind.TEXT_TO_VIDEO, PipelineKind.AUDIO_TO_AUDIO):
         return False
     return getattr(params, "mode", None) != "txt2img"
 
@@ -94,6 +95,8 @@ class Session:
         self.video_in: LatestSlot[VideoFrame] = LatestSlot()
         self.audio_in = AudioFifo(audio_buffer_s)
         self.stats = SessionStats(slo.latency_budget_ms / 1000)
+        if getattr(pipeline, "stream_stats", None) is not None:
+            self.stats.extra = self._pipeline_stats
         self.created_wall = time.time()
         self.last_activity = time.monotonic()
         self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
@@ -106,6 +109,12 @@ class Session:
         self.admitted_estimate: dict[str, Any] | None = None  # what admission control forecast for it
         self.generated = 0                # frame ids of frames made without input
         self._wake = wake
+
+    def _pipeline_stats(self) -> dict:
+        """The pipeline's own figures for this stream (read off the worker thread: the pipeline
+        keeps them behind its own lock)."""
+        state = self.state
+        return {} if state is None else self.pipeline.stream_stats(state)
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

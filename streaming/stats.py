@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -72,6 +73,7 @@ class SessionStats:
         self._queue_wait: deque[float] = deque(maxlen=_WINDOW)
         self._model: deque[float] = deque(maxlen=_WINDOW)
         self._lock = threading.Lock()
+        self.extra: Callable[[], dict] | None = None  # a pipeline's own sections of the snapshot
 
     def record_input(self, at: float) -> None:
         with self._lock:
@@ -117,6 +119,7 @@ class SessionStats:
 
     def snapshot(self) -> dict:
         now = time.monotonic()
+        extra = self.extra() if self.extra is not None else {}
         with self._lock:
             ttff = None if self.first_output_at is None else round((self.first_output_at - self.created_at) * 1000, 1)
             return {
@@ -137,4 +140,5 @@ class SessionStats:
                 "queue_wait_ms": _ms_percentiles(self._queue_wait),
                 "model_ms": _ms_percentiles(self._model),
                 "audio": {"chunks_in": self.audio_chunks_in, "chunks_out": self.audio_chunks_out, "refused": self.audio_refused},
+                **extra,
             }

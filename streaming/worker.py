@@ -21,13 +21,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipelines.base import Pipeline, StepOutput, merge_params, parse_params
+from pipelines.base import Pipeline, PipelineKind, StepInput, StepOutput, merge_params, parse_params
 from pipelines.scheduling import scheduling_profile
 from streaming.capacity import Demand
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy, QualityMove, QualityView
 from streaming.errors import ErrorCode, StreamError
-from streaming.frames import VideoFrame
+from streaming.frames import AudioChunk, VideoFrame
 from streaming.scheduler import Batch, SloScheduler, StreamView, TickPlan
 from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, needs_input
 from streaming.stages.group import StageGroup
@@ -163,6 +163,9 @@ class ComputeWorker:
         session = self._sessions.pop(session_id, None)
         self.scheduler.forget(session_id)
         if session is not None:
+            close_state = getattr(session.pipeline, "close_state", None)
+            if close_state is not None and session.state is not None:
+                close_state(session.state)  # background work of the stream stops with it
             session.state = None  # the transport may still hold the session object for a moment
 
     def _run_commands(self) -> None:
@@ -176,8 +179,10 @@ class ComputeWorker:
                 future.set_exception(err)
 
     def _forward_audio(self) -> None:
-        # No pipeline consumes audio yet: it is kept and returned in order, like the render path.
+        # Audio a pipeline does not consume is kept and returned in order, like the render path.
         for session in self._sessions.values():
+            if session.pipeline.kind is PipelineKind.AUDIO_TO_AUDIO:
+                continue  # its step takes the audio
             for chunk in session.audio_in.drain():
                 session.emit(OutputAudio(chunk))
 
@@ -242,7 +247,7 @@ class ComputeWorker:
     def _run_batch(self, batch: Batch) -> None:
         pipeline = self.pipelines[batch.pipeline]
         started = time.monotonic()
-        entries: list[tuple[Session, VideoFrame | None]] = []
+        entries: list[tuple[Session, StepInput]] = []
         for session_id in batch.session_ids:
             session = self._sessions[session_id]
             if session.needs_input:
@@ -251,7 +256,8 @@ class ComputeWorker:
                     continue
                 frame.stamp("started", started)
             else:
-                frame = None
+                # An audio pipeline gets the audio that arrived since its last tick.
+                frame = session.audio_in.drain() if session.pipeline.kind is PipelineKind.AUDIO_TO_AUDIO else None
                 period = 1.0 / session.slo.target_fps
                 session.next_due = max(session.next_due + period, started - period)
             entries.append((session, frame))
@@ -269,22 +275,26 @@ class ComputeWorker:
                 continue
             if output.error is not None:
                 session.stats.count("errors")
-                session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), None if frame is None else frame.frame_id))
-            queue_wait = None if frame is None else started - frame.timestamps.get("queued", started)
+                session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), frame.frame_id if isinstance(frame, VideoFrame) else None))
+            queue_wait = started - frame.timestamps.get("queued", started) if isinstance(frame, VideoFrame) else None
             session.stats.record_step(queue_wait, finished - started)
             if queue_wait is not None:
                 session.metrics.queue_wait.observe(queue_wait)
             if output.skipped:
                 session.stats.count("skipped")
-            if frame is not None and not output.consumed:
+            if isinstance(frame, VideoFrame) and not output.consumed:
                 session.video_in.put_back(frame)
             if frame is None and len(output.frames) > 1:
                 # A chunk of frames covers several ticks of the stream's clock: skip those ticks.
                 session.next_due += (len(output.frames) - 1) / session.slo.target_fps
             for index, out in enumerate(output.frames):
+                if isinstance(out, AudioChunk):
+                    out.stream_id = session.id
+                    session.emit(OutputAudio(out))
+                    continue
                 self._deliver(session, out, frame is None, output.skipped, index, started, finished)
 
-    def _step(self, pipeline: Pipeline, entries: list[tuple[Session, VideoFrame | None]]) -> list[StepOutput | None]:
+    def _step(self, pipeline: Pipeline, entries: list[tuple[Session, StepInput]]) -> list[StepOutput | None]:
         """One batched step; if it fails, each stream is retried alone so that one stream's bad
         input costs only that stream its frame."""
         try:
@@ -295,7 +305,7 @@ class ComputeWorker:
                 log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)
                 session.stats.count("errors")
                 session.emit(StreamNotice(StreamError(ErrorCode.INTERNAL, f"{pipeline.name} failed on this frame: {err}"),
-                                          None if frame is None else frame.frame_id))
+                                          frame.frame_id if isinstance(frame, VideoFrame) else None))
                 return [None]
             return [self._step(pipeline, [entry])[0] for entry in entries]
 

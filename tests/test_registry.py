@@ -35,5 +35,5 @@ def test_mismatches_are_refused_with_a_reason(entries, preset, message):
 
 
 def test_unknown_pipelines_name_the_choices():
-    with pytest.raises(UnknownPipelineError, match="choose one of passthrough, rolling-kv-video, stream-diffusion"):
+    with pytest.raises(UnknownPipelineError, match="choose one of passthrough, relay-speech, rolling-kv-video, stream-diffusion"):
         plan_pipelines(["diffusion"], None)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.relay_speech.conversation import Conversation as Context
-from pipelines.relay_speech.text import drop_repeated_overlap, seam_join, take_clause, words_played
+from models.speech.llm import drop_repeated_overlap
+from pipelines.relay_speech.text import seam_join, take_clause, words_played
 from pipelines.relay_speech.turn_detector import TurnDetector, TurnEvent
 from tests.speech_fakes import Conversation, ManualExecutor, ScriptedAsr, ScriptedChat, fake_models, speech
 
@@ -233,3 +234,26 @@ def test_conversation_merges_consecutive_user_messages_and_bounds_length():
     ctx.add("user", "good")
     assert ctx.history == [{"role": "user", "content": "good"}]
     assert ctx.messages("sys", "next")[0] == {"role": "system", "content": "sys"}
+
+
+def test_openai_endpoint_continues_the_prefix_and_drops_a_restated_overlap():
+    import json
+
+    import httpx
+
+    from models.speech.llm_openai import OpenAIResponder
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        pieces = ["France ", "is ", "Paris", ", of course."] if len(body["messages"]) > 2 else ["Hello", " there."]
+        events = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in pieces) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=events, headers={"content-type": "text/event-stream"})
+
+    responder = OpenAIResponder("http://endpoint.invalid/v1", "big-model", "key", client=httpx.Client(transport=httpx.MockTransport(handler)))
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "capital of france?"}]
+    assert "".join(responder.respond(messages, "The capital of France is", 40)) == " Paris, of course."
+    assert seen[0]["stream"] and seen[0]["model"] == "big-model" and "already begun" in seen[0]["messages"][-1]["content"]
+    assert "".join(responder.respond(messages[:2], "", 40)) == "Hello there."

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import re
+
 import numpy as np
 
 Message = dict[str, str]          # {"role": "system" | "user" | "assistant", "content": ...}
@@ -58,3 +60,21 @@ def token_scores(logits: np.ndarray, chosen: int) -> TokenScores:
 
 def words_in(text: str) -> int:
     return len(text.split())
+
+
+def drop_repeated_overlap(prefix: str, continuation: str) -> str:
+    """Remove words at the start of `continuation` that repeat the end of `prefix` (an endpoint
+    told to continue a prefix sometimes restates part of it)."""
+    spoken = [_norm(w) for w in prefix.split()]
+    words = continuation.split()
+    best = 0
+    for n in range(1, min(len(spoken), len(words)) + 1):
+        if spoken[-n:] == [_norm(w) for w in words[:n]]:
+            best = n
+    if not best:
+        return continuation
+    return " " + " ".join(words[best:]) if len(words) > best else ""
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())

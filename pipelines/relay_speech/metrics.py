@@ -112,3 +112,24 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
         return {"p50": None, "p90": None, "p99": None}
     found = np.percentile(np.asarray(values), (50, 90, 99))
     return {f"p{q}": round(float(v) * 1000, 1) for q, v in zip((50, 90, 99), found)}
+
+
+def prometheus_families(stats: TurnStats, pipeline: str) -> list:
+    """The pipeline's turns as Prometheus series: a turn counter, the keep rate, and each
+    duration's quantiles over the recent turns of all streams."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    snap = stats.snapshot()
+    turns = CounterMetricFamily("latentcast_speech_turns", "Spoken turns answered (or interrupted).", labels=["pipeline"])
+    turns.add_metric([pipeline], snap["turns"])
+    keep = GaugeMetricFamily("latentcast_speech_keep_rate", "Share of recent drafts the verifier kept.", labels=["pipeline"])
+    if snap["keep_rate"] is not None:
+        keep.add_metric([pipeline], snap["keep_rate"])
+    durations = GaugeMetricFamily("latentcast_speech_seconds", "Per-turn durations over the recent turns: speech end and turn "
+                                  "decision to first audio, seam gap, ASR, LLM and TTS times, barge-in stop.",
+                                  labels=["pipeline", "measure", "quantile"])
+    for name in DURATIONS:
+        for q, ms in snap[f"{name}_ms"].items():
+            if ms is not None:
+                durations.add_metric([pipeline, name, f"0.{q[1:]}"], ms / 1000)
+    return [turns, keep, durations]

@@ -36,7 +36,7 @@ class RelaySpeechParams(BaseModel):
     max_utterance_s: float = _hot(default=15.0, ge=1.0, le=30.0, description="A longer turn is ended here and answered.")
     partial_interval_s: float = _hot(default=1.0, ge=0.2, le=10.0, description="Streaming partial transcript every so often while the user speaks.")
     barge_in: bool = _hot(default=True, description="User speech during the answer stops it.")
-    max_answer_tokens: int = _hot(default=80, ge=4, le=512)
+    max_answer_tokens: int = _hot(default=60, ge=4, le=512)
     max_context_turns: int = _hot(default=8, ge=0, le=64, description="Exchanges of the conversation kept for the LLM.")
     output_sample_rate: int = _hot(default=24000, description=f"Rate of the spoken answer: one of {', '.join(map(str, OUTPUT_RATES))}.")
     output_lead_s: float = _hot(default=0.1, ge=0.02, le=1.0, description="How far ahead of real time answer audio is sent "

@@ -18,9 +18,10 @@ from pydantic import BaseModel
 
 from models.speech.bundle import SpeechModels
 from pipelines.base import ParamError, PipelineKind, StepInput, StepOutput, UpdateResult, merge_params, parse_params
-from pipelines.relay_speech.metrics import TurnStats
+from pipelines.relay_speech.metrics import TurnStats, prometheus_families
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.relay import Relay
+from pipelines.relay_speech.scheduling import PROFILE
 from streaming.frames import AudioChunk
 
 # Jobs of all streams together: each stream runs at most a partial transcript, a fast path and
@@ -39,6 +40,7 @@ class RelaySpeechPipeline:
     name = "relay-speech"
     kind = PipelineKind.AUDIO_TO_AUDIO
     params_model = RelaySpeechParams
+    scheduling = PROFILE
 
     def __init__(self, models: SpeechModels, jobs: Executor | None = None):
         self.models = models
@@ -74,8 +76,15 @@ class RelaySpeechPipeline:
         return 0 if state.relay.answer is None else 1
 
     def stream_stats(self, state: RelaySpeechState) -> dict:
-        """The `speech` part of a stream's stats message: turn percentiles and the last turns."""
-        return {**state.stats.snapshot(last=3), "voices": list(self.models.voices), "models": self.models.description}
+        """The `speech` section of a stream's stats message: turn percentiles, the last turns, the
+        conversation as the LLM sees it."""
+        relay = state.relay
+        return {"speech": {**state.stats.snapshot(last=3), "answering": relay.answer is not None,
+                           "context": relay.conversation.history, "voices": list(self.models.voices),
+                           "models": self.models.description}}
+
+    def metric_families(self, name: str) -> list:
+        return prometheus_families(self.stats, name)
 
     def close_state(self, state: RelaySpeechState) -> None:
         state.relay.close()

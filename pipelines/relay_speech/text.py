@@ -58,24 +58,6 @@ def seam_join(prefix: str, continuation: str) -> tuple[str, str]:
     return tail + continuation[len(fragment):], fragment[: len(fragment) - len(tail)]
 
 
-def drop_repeated_overlap(prefix: str, continuation: str) -> str:
-    """Remove words at the start of `continuation` that repeat the end of `prefix` (an endpoint
-    told to continue a prefix sometimes restates part of it)."""
-    spoken = [_norm(w) for w in prefix.split()]
-    words = continuation.split()
-    best = 0
-    for n in range(1, min(len(spoken), len(words)) + 1):
-        if spoken[-n:] == [_norm(w) for w in words[:n]]:
-            best = n
-    if not best:
-        return continuation
-    return " " + " ".join(words[best:]) if len(words) > best else ""
-
-
-def _norm(word: str) -> str:
-    return re.sub(r"[^\w']", "", word.lower())
-
-
 def words_played(text: str, fraction: float) -> str:
     """The words of `text` heard when `fraction` of its audio was played: time is shared out
     between words by their length (speech has no per-word timing here), and a word counts as

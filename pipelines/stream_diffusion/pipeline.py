@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, create_model
 
 from models.diffusion import DiffusionModels, PromptEmbeds
 from models.presets import DiffusionPreset
 from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.stream_diffusion.blending import blend, seeded_noise
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.params import StreamDiffusionParams
@@ -174,7 +174,7 @@ class StreamDiffusionPipeline:
                 return None
             return _Job(index, state, None, None)
         try:
-            image = self._preprocess(frame.image, params.width, params.height)
+            image = picture_to_tensor(frame.image, params.width, params.height, self.models.device, self.models.dtype)
         except ValueError as err:
             outputs[index] = StepOutput(consumed=True, error=str(err))
             return None
@@ -202,7 +202,7 @@ class StreamDiffusionPipeline:
             if leaving is not None:
                 exits.append((job, *leaving))
         if exits:
-            images = _to_uint8(m.decode_latents(torch.cat([latent for _, _, latent in exits])))
+            images = tensor_to_pictures(m.decode_latents(torch.cat([latent for _, _, latent in exits])))
             for (job, meta, _), image in zip(exits, images):
                 out = meta.with_image(image)
                 job.state.last_output = out
@@ -287,28 +287,6 @@ class StreamDiffusionPipeline:
             return None
         return leaving, x0[job.slots == n - 1]
 
-    def _preprocess(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
-        """uint8 HWC RGB -> (1, 3, height, width) in [-1, 1] on the device: centre-cropped to the
-        stream's aspect ratio, then resized (antialiased) when the sizes differ."""
-        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-            raise ValueError(f"input frame must be an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', type(image))}")
-        if image.shape[0] < 8 or image.shape[1] < 8:
-            raise ValueError(f"input frame {image.shape[1]}x{image.shape[0]} is too small")
-        m = self.models
-        x = torch.from_numpy(image).to(m.device).permute(2, 0, 1).unsqueeze(0).float()
-        h, w = image.shape[:2]
-        if (h, w) != (height, width):
-            crop_h, crop_w = (h, round(h * width / height)) if w * height > h * width else (round(w * height / width), w)
-            top, left = (h - crop_h) // 2, (w - crop_w) // 2
-            x = F.interpolate(x[..., top : top + crop_h, left : left + crop_w], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        return (x / 127.5 - 1.0).to(m.dtype)
-
 
 def _main_seed(params: StreamDiffusionParams) -> int:
     return params.seeds[0].seed if params.seeds else params.seed
-
-
-def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """(B, 3, H, W) in [-1, 1] -> B arrays (H, W, 3) uint8, with one device-to-host copy."""
-    pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return list(pixels)

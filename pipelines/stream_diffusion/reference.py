@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipelines.pictures import picture_to_tensor
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.pipeline import StreamDiffusionPipeline
 from pipelines.stream_diffusion.schedule import denoised, noise_from_model_output
@@ -24,7 +25,7 @@ def denoise_sequential(
     `start`, the noise latent at the first step. Reads the state, never changes it."""
     m, p, n = pipeline.models, state.params, state.num_steps
     if image is not None:
-        z = m.encode_images(pipeline._preprocess(image, p.width, p.height))
+        z = m.encode_images(picture_to_tensor(image, p.width, p.height, m.device, m.dtype))
         x = state.tables.alpha[0] * z + state.tables.beta[0] * state.init_noise[0:1]
     else:
         x = start

@@ -4,6 +4,7 @@ in which order and when (jobs inline, time on a fake clock)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipelines.relay_speech.conversation import Conversation as Context
 from models.speech.llm import drop_repeated_overlap
@@ -257,3 +258,40 @@ def test_openai_endpoint_continues_the_prefix_and_drops_a_restated_overlap():
     assert "".join(responder.respond(messages, "The capital of France is", 40)) == " Paris, of course."
     assert seen[0]["stream"] and seen[0]["model"] == "big-model" and "already begun" in seen[0]["messages"][-1]["content"]
     assert "".join(responder.respond(messages[:2], "", 40)) == "Hello there."
+
+
+def test_pipeline_contract_steps_audio_and_exports_its_turns():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipelines.base import ParamError
+    from pipelines.relay_speech.pipeline import RelaySpeechPipeline
+    from streaming.frames import AudioChunk
+    from streaming.metrics import _PipelineCollector
+    from tests.speech_fakes import FakeClock, InlineExecutor
+
+    clock = FakeClock()
+    pipeline = RelaySpeechPipeline(fake_models(), jobs=InlineExecutor(), clock=clock)
+    state = pipeline.new_state({"output_sample_rate": 16000}, "s1")
+    with pytest.raises(ParamError) as bad:
+        pipeline.update(state, {"voice": "nobody"})
+    assert bad.value.field == "voice" and state.params.voice is None
+    assert pipeline.update(state, {"end_of_turn_s": 0.4}).applied == ["end_of_turn_s"]
+    # 48 kHz stereo in, as WebRTC would deliver it: resampled once inside.
+    clip = np.concatenate([np.zeros(int(0.3 * 48000)), 0.3 * np.sin(np.arange(48000) * 2 * np.pi * 180 / 48000), np.zeros(48000 * 3)])
+    out = []
+    for i in range(0, clip.size, 960):
+        piece = (clip[i:i + 960] * 32767).astype(np.int16)
+        chunk = AudioChunk(np.stack([piece, piece], axis=1), 48000, i // 960, None, "s1")
+        clock.t += 0.02
+        out += pipeline.step([(state, [chunk])])[0].frames
+    clock.t += 0.02
+    out += pipeline.step([(state, None)])[0].frames   # a tick without audio
+    assert out and all(isinstance(c, AudioChunk) and c.sample_rate == 16000 and c.channels == 1 for c in out)
+    assert [c.chunk_id for c in out] == list(range(len(out)))
+    stats = pipeline.stream_stats(state)["speech"]
+    assert stats["turns"] == 1 and stats["context"][0]["role"] == "user"
+    registry = CollectorRegistry()
+    registry.register(_PipelineCollector(lambda: [("relay-speech", pipeline)]))
+    text = generate_latest(registry).decode()
+    assert 'latentcast_speech_turns_total{pipeline="relay-speech"} 1.0' in text
+    assert 'latentcast_speech_seconds{measure="speech_end_to_first_audio",pipeline="relay-speech",quantile="0.50"}' in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 
+import httpx
 import numpy as np
 import pytest
 
@@ -91,6 +92,10 @@ async def test_kept_prefix_and_its_continuation_are_heard_without_a_seam(server,
         assert similarity(heard, r["heard"]) >= 0.5, (heard, r["heard"])
         assert turn["speech_end_to_first_audio"] is not None
     await client.close()
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(server + "/metrics")).text
+    assert 'latentcast_speech_turns_total{pipeline="relay-speech"}' in metrics
+    assert 'measure="speech_end_to_first_audio"' in metrics
 
 
 async def test_discarded_draft_is_never_heard(server, speech_models, user_voice):

@@ -25,7 +25,8 @@ from models.speech.asr import Transcript
 from models.speech.llm import Draft, TokenScores
 from models.speech.verifier import FEATURES, DraftEvidence, features
 
-SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
+# The relay-speech default (pipelines/relay_speech/params.py); each example records the one it used.
+SYSTEM_PROMPT = "You are a helpful assistant who talks with people by voice. Reply in English with one or two short, plain sentences."
 
 _TEMPLATES = [
     ("what is the capital of {country}", {"country": ["France", "Japan", "Spain", "Canada", "Italy", "Egypt", "Brazil", "Kenya"]}),
@@ -94,7 +95,7 @@ def make_examples(count: int, data_path: Path, seed: int) -> None:
             reference = drafter.draft(truth, max(1, len(draft.text.split())))
             draft_lp = slow.continuation_logprob(truth, draft.text) if draft.text else -99.0
             reference_lp = slow.continuation_logprob(truth, reference.text) if reference.text else 0.0
-            row = {"question": question, "voice": voice, "snr_db": round(snr, 1), "partial": partial,
+            row = {"question": question, "system_prompt": SYSTEM_PROMPT, "voice": voice, "snr_db": round(snr, 1), "partial": partial,
                    "transcript": transcript.text, "asr_avg_logprob": transcript.avg_logprob, "asr_no_speech_prob": transcript.no_speech_prob,
                    "draft": draft.text, "draft_finished": draft.finished,
                    "scores": [[s.logprob, s.entropy, s.margin] for s in draft.scores],

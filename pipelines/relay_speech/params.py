@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
+DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant who talks with people by voice. "
+                         "Reply in English with one or two short, plain sentences.")
 OUTPUT_RATES = (16000, 22050, 24000, 44100, 48000)
 
 

@@ -9,7 +9,8 @@ hold up other streams' ticks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,15 +43,16 @@ class RelaySpeechPipeline:
     params_model = RelaySpeechParams
     scheduling = PROFILE
 
-    def __init__(self, models: SpeechModels, jobs: Executor | None = None):
+    def __init__(self, models: SpeechModels, jobs: Executor | None = None, clock: Callable[[], float] = time.monotonic):
         self.models = models
+        self._clock = clock
         self.jobs = jobs or ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="speech-job")
         self.stats = TurnStats()  # every stream's turns, for /metrics
 
     def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> RelaySpeechState:
         parsed = self._checked(parse_params(RelaySpeechParams, params))
         stats = TurnStats()
-        return RelaySpeechState(parsed, Relay(self.models, parsed, self.jobs, stream_id, (stats, self.stats)), stats)
+        return RelaySpeechState(parsed, Relay(self.models, parsed, self.jobs, stream_id, (stats, self.stats), self._clock), stats)
 
     def update(self, state: RelaySpeechState, changes: Mapping[str, Any]) -> UpdateResult:
         new = self._checked(merge_params(state.params, changes))

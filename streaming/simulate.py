@@ -118,14 +118,17 @@ def simulate(streams: Sequence[SimStream], pipelines: dict[str, SimPipeline], po
     while now < duration_s:
         while pending and pending[0].start_s <= now:  # sessions arriving
             spec = pending.pop(0)
+            end = min(spec.stop_s, duration_s)
+            arrivals = _arrivals(spec, now, end)
+            # What its SLO asks for: the frames it sends (at most its target rate), or its ticks.
+            results[spec.name].expected = int(len(arrivals) * min(1.0, spec.slo_fps / spec.fps) if spec.needs_input
+                                              else (end - now) * spec.slo_fps)
             demand = Demand(spec.name, spec.pipeline, (spec.work,), min(spec.fps, spec.slo_fps), spec.latency_budget_s, spec.pipe_depth)
             ok, reason = admit([view(x).demand() for x in live.values()], demand) if admit else (True, "")
             if not ok:
-                results[spec.name] = StreamResult(admitted=False, refusal=reason)
+                results[spec.name].admitted, results[spec.name].refusal = False, reason
                 continue
-            end = min(spec.stop_s, duration_s)
-            live[spec.name] = _Live(spec, deque(_arrivals(spec, now, end)), next_due=now)
-            results[spec.name].expected = int((end - now) * min(spec.fps, spec.slo_fps))
+            live[spec.name] = _Live(spec, deque(arrivals), next_due=now)
         for name in [n for n, x in live.items() if min(x.spec.stop_s, duration_s) <= now]:  # sessions leaving
             del live[name]
             policy.forget(name)

@@ -23,11 +23,12 @@ from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk, EncodedFrame
 from streaming.ingest import LatestDecoder
 from streaming.pacing import PtsPacer
+from streaming.control import ControlProtocol
 from streaming.protocol import (
-    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, StartMessage,
-    StatsRequest, StopMessage, UpdateMessage, pack_media, parse_control, request_id_of, unpack_media,
+    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, StartMessage, pack_media,
+    unpack_media,
 )
-from streaming.session import OutputAudio, OutputFrame, QualityChanged, Session, SessionClosed, SessionEvent, StreamNotice
+from streaming.session import OutputAudio, OutputFrame, Session, SessionEvent
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -42,41 +43,42 @@ async def stream(websocket: WebSocket, context: ServerContext = Depends(server_c
     await StreamConnection(websocket, context).run()
 
 
-class StreamConnection:
+class StreamConnection(ControlProtocol):
+    GONE = (WebSocketDisconnect, RuntimeError, ConnectionError)
+
     def __init__(self, websocket: WebSocket, context: ServerContext):
+        s = context.settings
+        super().__init__(context.sessions, context.metrics, max_control_bytes=s.max_control_bytes, stats_interval_s=s.stats_interval_s)
         self.ws = websocket
         self.context = context
-        self.settings = context.settings
-        self.session: Session | None = None
+        self.settings = s
         self.output = OutputSpec()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._send_lock = asyncio.Lock()
         self._frames: deque[OutputFrame] = deque()
         self._frames_ready = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
         self._decoder: LatestDecoder | None = None
         self._pacer = PtsPacer(max_wait=1 / 30)
         self._closing = False
-        self._starting = False  # a start is being admitted (it may wait in line)
 
     async def run(self) -> None:
         await self.ws.accept()
         self._loop = asyncio.get_running_loop()
         try:
-            await self._send_json(self._hello())
+            await self.send_json(self._hello())
             while not self._closing:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
                 try:
                     if message.get("text") is not None:
-                        await self._on_text(message["text"])
+                        await self.handle_text(message["text"])
                     elif message.get("bytes") is not None:
                         await self._on_bytes(message["bytes"])
                 except Exception as err:  # noqa: BLE001 - a bug answering one message must not end the stream
                     log.exception("handling a stream message failed")
-                    await self._send_error(StreamError(ErrorCode.INTERNAL, f"server error: {err}"))
-        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+                    await self.send_error(StreamError(ErrorCode.INTERNAL, f"server error: {err}"))
+        except self.GONE:
             pass  # the client went away; nothing left to tell it
         finally:
             self._teardown()
@@ -92,103 +94,23 @@ class StreamConnection:
                        "formats": s.allowed_formats, "audio_buffer_s": s.audio_buffer_s},
         }
 
-    # --- control ---------------------------------------------------------------------------
+    # --- control (ControlProtocol hooks) ---------------------------------------------------
 
-    async def _on_text(self, text: str) -> None:
-        if len(text) > self.settings.max_control_bytes or len(text.encode()) > self.settings.max_control_bytes:
-            await self._send_error(StreamError(ErrorCode.MESSAGE_TOO_LARGE, f"control message over {self.settings.max_control_bytes} bytes"))
-            return
-        try:
-            message = parse_control(text)
-            if self.session is not None:
-                self.session.touch()
-            if isinstance(message, StartMessage) and message.queue:
-                self._spawn(self._start_answering_errors(message))  # waiting in line must not block reading
-            elif isinstance(message, StartMessage):
-                await self._start(message)
-            elif self.session is None:
-                raise StreamError(ErrorCode.NOT_STARTED, f"send 'start' before '{message.type}'")
-            elif isinstance(message, UpdateMessage):
-                self._spawn(self._update(message))
-            elif isinstance(message, StatsRequest):
-                await self._send_json(self._stats_message(message.request_id))
-            elif isinstance(message, StopMessage):
-                await self._stop(message)
-        except StreamError as err:
-            await self._send_error(err, request_id=request_id_of(text))
-
-    async def _start_answering_errors(self, message: StartMessage) -> None:
-        try:
-            await self._start(message)
-        except StreamError as err:
-            await self._send_error(err, request_id=message.request_id)
-
-    async def _start(self, message: StartMessage) -> None:
-        if self.session is not None:
-            raise StreamError(ErrorCode.ALREADY_STARTED, f"this connection already streams session {self.session.id}")
-        if self._starting:
-            raise StreamError(ErrorCode.ALREADY_STARTED, "this connection is already waiting for a session to start")
-        self._starting = True
-        try:
-            await self._open_session(message)
-        finally:
-            self._starting = False
-
-    async def _open_session(self, message: StartMessage) -> None:
-        if message.version != PROTOCOL_VERSION:
-            raise StreamError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {message.version}; this server speaks {PROTOCOL_VERSION}")
-        sessions = self.context.sessions
-        if message.session_id is not None:
-            session = sessions.attach_stream(message.session_id, self._sink)
-            if message.params or "slo" in message.model_fields_set:
-                try:
-                    await sessions.update(session, message.params, message.slo if "slo" in message.model_fields_set else None)
-                except StreamError:
-                    session.sink = None
-                    raise
-        else:
-            on_queued = self._queued_reporter(message.request_id) if message.queue else None
-            session = await sessions.create(message.pipeline, message.params, message.slo, on_queued=on_queued)
-            sessions.attach_stream(session.id, self._sink)
-        self.session = session
+    def on_started(self, session: Session, message: StartMessage) -> dict:
         self.output = message.output
         self._pacer = PtsPacer(max_wait=1 / session.slo.target_fps)
         self._decoder = LatestDecoder(self.context.codec_pool, session.push_video, self._on_decode_error, session.count_dropped_input)
-        self._spawn(self._send_frames())
-        self._spawn(self._send_stats())
-        info = sessions.info(session)
-        await self._send_json({"type": "started", "request_id": message.request_id, "session_id": session.id,
-                               "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
-                               "needs_input": session.needs_input, "params": info.params,
-                               "slo": info.slo.model_dump(), "slo_estimate": session.admitted_estimate,
-                               "output": self.output.model_dump()})
+        self.spawn(self._send_frames())
+        return {"output": self.output.model_dump()}
 
-    def _queued_reporter(self, request_id: str | None):
-        async def report(position: int, reason: str) -> None:
-            await self._send_json({"type": "queued", "request_id": request_id, "position": position, "reason": reason})
+    def on_slo_changed(self, session: Session) -> None:
+        self._pacer.max_wait = 1 / session.slo.target_fps
 
-        return report
-
-    async def _update(self, message: UpdateMessage) -> None:
-        try:
-            report = await self.context.sessions.update(self.session, message.params, message.slo)
-        except StreamError as err:
-            await self._send_error(err, request_id=message.request_id)
-            return
-        if message.slo is not None:
-            self._pacer.max_wait = 1 / self.session.slo.target_fps
-        await self._send_json({"type": "ack", "request_id": message.request_id, **report.model_dump(mode="json")})
-
-    async def _stop(self, message: StopMessage) -> None:
-        stats = self._stats_message(None)
-        self.context.sessions.close(self.session.id)
-        await self._send_json({"type": "stopped", "request_id": message.request_id, "reason": "client", "stats": stats})
-        await self._close()
-
-    def _stats_message(self, request_id: str | None) -> dict:
-        session = self.session
-        return {"type": "stats", "request_id": request_id, "session_id": session.id, "pipeline": session.pipeline_name,
-                **session.stats.snapshot()}
+    async def close_transport(self) -> None:
+        self._closing = True
+        async with self._send_lock:
+            with contextlib.suppress(RuntimeError, ConnectionError):
+                await self.ws.close(1000)
 
     # --- media in --------------------------------------------------------------------------
 
@@ -206,7 +128,7 @@ class StreamConnection:
             else:
                 self._on_audio(header, payload)
         except StreamError as err:
-            await self._send_error(err, frame_id=frame_id)
+            await self.send_error(err, frame_id=frame_id)
 
     def _on_video(self, header: MediaHeader, payload: memoryview) -> None:
         s = self.settings
@@ -243,11 +165,11 @@ class StreamConnection:
         self.session.push_audio(AudioChunk(samples, rate, header.frame_id, header.pts, self.session.id, {"received": time.monotonic()}))
 
     def _on_decode_error(self, err: StreamError, frame_id: int) -> None:
-        self._spawn(self._send_error(err, frame_id=frame_id))
+        self.spawn(self.send_error(err, frame_id=frame_id))
 
     # --- media out -------------------------------------------------------------------------
 
-    def _sink(self, event: SessionEvent) -> None:
+    def sink(self, event: SessionEvent) -> None:
         """Called by the compute worker: hop onto the event loop."""
         self._loop.call_soon_threadsafe(self._on_event, event)
 
@@ -266,15 +188,9 @@ class StreamConnection:
         elif isinstance(event, OutputAudio):
             chunk = event.chunk
             header = MediaHeader(MediaKind.AUDIO, MediaFormat.PCM_S16LE, chunk.chunk_id, chunk.pts, chunk.sample_rate, chunk.channels)
-            self._spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_out))
-        elif isinstance(event, StreamNotice):
-            self._spawn(self._send_error(event.error, frame_id=event.frame_id))
-        elif isinstance(event, QualityChanged):
-            self._spawn(self._send_json({"type": "quality", "direction": event.direction, "knob": event.knob, "level": event.level,
-                                         "params": event.changes, "reason": event.reason,
-                                         "discarded_frames": event.discarded_frames}))
-        elif isinstance(event, SessionClosed):
-            self._spawn(self._closed_by_server(event))
+            self.spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_out))
+        else:
+            self.spawn(self.on_control_event(event))
 
     def _count_audio_out(self) -> None:
         self.session.stats.count("audio_chunks_out")
@@ -297,19 +213,9 @@ class StreamConnection:
                 frame.stamp("sent")
                 self.session.record_sent(frame)
 
-    async def _send_stats(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.stats_interval_s)
-            await self._send_json(self._stats_message(None))
-
-    async def _closed_by_server(self, event: SessionClosed) -> None:
-        await self._send_json({"type": "stopped", "request_id": None, "reason": event.reason, "message": event.message,
-                               "stats": self._stats_message(None)})
-        await self._close()
-
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _send_json(self, body: dict) -> None:
+    async def send_json(self, body: dict) -> None:
         async with self._send_lock:
             await self.ws.send_text(json.dumps(body))
 
@@ -319,42 +225,10 @@ class StreamConnection:
         if on_sent is not None:
             on_sent()
 
-    async def _send_error(self, err: StreamError, request_id: str | None = None, frame_id: int | None = None) -> None:
-        self.context.metrics.errors.labels(err.code.value).inc()
-        if self.session is not None:
-            self.session.stats.count("errors")
-        body = {"type": "error", **err.to_dict()}
-        if request_id is not None:
-            body["request_id"] = request_id
-        if frame_id is not None:
-            body["frame_id"] = frame_id
-        await self._send_json(body)
-
-    def _spawn(self, coroutine) -> None:
-        task = asyncio.create_task(self._guarded(coroutine))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _guarded(self, coroutine) -> None:
-        """Background sends end quietly when the client has gone; other failures are logged."""
-        try:
-            await coroutine
-        except (WebSocketDisconnect, RuntimeError, ConnectionError, asyncio.CancelledError):
-            pass
-        except Exception:  # noqa: BLE001
-            log.exception("stream task failed")
-
-    async def _close(self) -> None:
-        self._closing = True
-        async with self._send_lock:
-            with contextlib.suppress(RuntimeError, ConnectionError):
-                await self.ws.close(1000)
-
     def _teardown(self) -> None:
         """Whatever ended the connection, the session and everything it holds go now."""
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
+        self.cancel_tasks()
         if self._decoder is not None:
             self._decoder.close()
         if self.session is not None:

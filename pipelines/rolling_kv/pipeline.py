@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, create_model
 
 from models.video.bundle import VideoModels
@@ -45,6 +44,7 @@ from models.video.positions import AbsolutePositions, CacheRelative, PeriodicRes
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
 from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
 from pipelines.rolling_kv.schedule import (
     add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps,
@@ -199,7 +199,7 @@ class RollingKVPipeline:
             entering = self._padded_chunk(state) if state.pending else None
             return _Job(index, state, entering, until_output=True)
         try:
-            picture = self._preprocess(frame.image, state.params.width, state.params.height)
+            picture = picture_to_tensor(frame.image, state.params.width, state.params.height, self.models.device, self.models.dtype)[0]
         except ValueError as err:
             outputs[index] = StepOutput(consumed=True, error=str(err))
             return None
@@ -378,25 +378,10 @@ class RollingKVPipeline:
         frames = []
         for chunk in job.exits:
             pictures = self.models.vae.decode(chunk.latents, job.state.vae)[0].transpose(0, 1)  # (P, 3, H, W)
-            images = to_uint8(pictures)
+            images = tensor_to_pictures(pictures)
             frames.extend(meta.with_image(image) for meta, image in zip(chunk.outputs, images) if meta is not None)
         return frames
 
-    def _preprocess(self, image: np.ndarray, width: int, height: int) -> torch.Tensor:
-        """uint8 HWC RGB -> (3, height, width) in [-1, 1] on the device: centre-cropped to the
-        stream's aspect ratio, then resized (antialiased) when the sizes differ."""
-        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
-            raise ValueError(f"input frame must be an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', type(image))}")
-        if image.shape[0] < 8 or image.shape[1] < 8:
-            raise ValueError(f"input frame {image.shape[1]}x{image.shape[0]} is too small")
-        m = self.models
-        x = torch.from_numpy(image).to(m.device).permute(2, 0, 1).unsqueeze(0).float()
-        h, w = image.shape[:2]
-        if (h, w) != (height, width):
-            crop_h, crop_w = (h, round(h * width / height)) if w * height > h * width else (round(w * height / width), w)
-            top, left = (h - crop_h) // 2, (w - crop_w) // 2
-            x = F.interpolate(x[..., top : top + crop_h, left : left + crop_w], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        return (x[0] / 127.5 - 1.0).to(m.dtype)
 
 
 def held_back_pictures(params: RollingKVParams) -> int:
@@ -418,9 +403,3 @@ def position_policy(params: RollingKVParams) -> PositionPolicy:
         reset_to = params.reset_to if params.reset_to is not None else params.kv_cache_frames - 1
         return PeriodicReset(params.reset_at, min(reset_to, params.reset_at - 1))
     return {"absolute": AbsolutePositions, "cache-relative": CacheRelative, "sink-realign": SinkRealign}[params.positions]()
-
-
-def to_uint8(pictures: torch.Tensor) -> list[np.ndarray]:
-    """(P, 3, H, W) in [-1, 1] -> P arrays (H, W, 3) uint8, with one device-to-host copy."""
-    pixels = ((pictures.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return list(pixels)

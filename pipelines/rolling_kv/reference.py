@@ -15,7 +15,8 @@ from models.video.transformer import CachedRows
 from models.video.vae import pixel_frames
 from pipelines.rolling_kv.noise_controller import MotionNoiseController
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, eviction_policy, position_policy, to_uint8
+from pipelines.pictures import picture_to_tensor, tensor_to_pictures
+from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, eviction_policy, position_policy
 from pipelines.rolling_kv.schedule import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
 
 
@@ -46,7 +47,7 @@ def generate_sequential(
             first_t = timesteps[0]
         else:
             count = pixel_frames(latents_count, k == 0)
-            chunk = torch.stack([pipeline._preprocess(p, params.width, params.height) for p in pictures[used : used + count]])
+            chunk = torch.stack([picture_to_tensor(p, params.width, params.height, m.device, m.dtype)[0] for p in pictures[used : used + count]])
             used += count
             z = m.vae.encode(chunk.transpose(0, 1)[None], vae_in)
             sigma = controller.next_sigma(chunk, params.strength, params.motion_aware)
@@ -62,5 +63,5 @@ def generate_sequential(
             if i < params.steps - 1:
                 noise = keyed_noise(params.seed, frames[0], i + 1, tuple(x0.shape), m.device, m.dtype)
                 x = add_noise(x0, noise, float(sigma_of(timesteps[i + 1], shift)))
-        out.extend(to_uint8(m.vae.decode(x0, vae_out)[0].transpose(0, 1)))
+        out.extend(tensor_to_pictures(m.vae.decode(x0, vae_out)[0].transpose(0, 1)))
     return out

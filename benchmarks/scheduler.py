@@ -31,7 +31,8 @@ import torch
 from streaming.admission import decide_admission
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy
-from streaming.scheduler import Batch, SloScheduler, TickPlan
+from streaming.baseline_policies import Fifo, RoundRobin
+from streaming.scheduler import SloScheduler
 from streaming.simulate import SimPipeline, SimStream, StreamResult, simulate
 
 DURATION_S = 60.0
@@ -49,37 +50,6 @@ def sessions() -> list[SimStream]:
     video = [SimStream("video", "video", 16, 1.500, start_s=2.0, work=2.0, pipe_depth=7, levels=(1.0,))]
     wave = [SimStream(f"late{i}", "sd", 30, 0.150, start_s=20.0 + 1.5 * i, stop_s=40.0, pipe_depth=1) for i in range(6)]
     return [*cams, *bursty, *generator, *video, *wave]
-
-
-class Fifo:
-    def schedule(self, streams, now):
-        ready = [s for s in streams if (s.input_since is not None if s.needs_input else s.next_due <= now)]
-        if not ready:
-            due = [s.next_due for s in streams if not s.needs_input]
-            return TickPlan((), min(due) if due else None)
-        key = lambda s: s.input_since if s.needs_input else s.next_due  # noqa: E731
-        lead = min(ready, key=key)
-        return TickPlan((Batch(lead.pipeline, tuple(s.session_id for s in ready if s.pipeline == lead.pipeline)),))
-
-    def update_from_output(self, *args):
-        pass
-
-    def forget(self, session_id):
-        pass
-
-
-class RoundRobin(Fifo):
-    def __init__(self):
-        self._last: str | None = None
-
-    def schedule(self, streams, now):
-        ready = [s for s in streams if (s.input_since is not None if s.needs_input else s.next_due <= now)]
-        if not ready:
-            return super().schedule(streams, now)
-        pipelines = sorted({s.pipeline for s in ready})
-        after = [p for p in pipelines if self._last is None or p > self._last]
-        self._last = (after or pipelines)[0]
-        return TickPlan((Batch(self._last, tuple(s.session_id for s in ready if s.pipeline == self._last)),))
 
 
 @dataclass

@@ -8,12 +8,14 @@ that batching across streams is the scheduler's main lever on a GPU.
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 
 from streaming.frames import AudioChunk, VideoFrame
 
@@ -69,6 +71,17 @@ def validation_to_param_error(err: ValidationError) -> ParamError:
     # Errors raised by our own validators arrive as "Value error, <our message>".
     message = first["msg"].removeprefix("Value error, ")
     return ParamError(f"{where}: {message}" if where else message, field=where)
+
+
+def with_defaults(params_model: type[BaseModel], defaults: Mapping[str, Any], name: str) -> type[BaseModel]:
+    """A subclass of `params_model` whose defaults are `defaults` (a preset's), constraints kept,
+    so the schema that clients and UIs read shows the values a stream really starts with."""
+    fields: dict[str, Any] = {}
+    for field_name, value in defaults.items():
+        info = copy.copy(params_model.model_fields[field_name])
+        info.default = value
+        fields[field_name] = (info.annotation, info)
+    return create_model(re.sub(r"\W", "_", name), __base__=params_model, **fields)
 
 
 def parse_params(params_model: type[BaseModel], params: Mapping[str, Any] | BaseModel | None) -> Any:

@@ -9,7 +9,8 @@ from streaming.admission import decide_admission
 from streaming.capacity import Demand, forecast, max_min_shares
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy
-from streaming.scheduler import Batch, StreamView, SloScheduler, TickPlan
+from streaming.baseline_policies import Fifo
+from streaming.scheduler import Batch, SloScheduler, StreamView
 from streaming.simulate import SimPipeline, SimStream, simulate
 
 
@@ -24,25 +25,6 @@ def costs_of(**per_stream_s: float) -> CostModel:
 
 def view(session_id: str, pipeline: str = "sd", since: float | None = None, **kw) -> StreamView:
     return StreamView(session_id, pipeline, input_since=since, **kw)
-
-
-class Fifo:
-    """The oldest input first, with every ready stream of its pipeline: the plain policy."""
-
-    def schedule(self, streams, now):
-        ready = [s for s in streams if (s.input_since is not None if s.needs_input else s.next_due <= now)]
-        if not ready:
-            due = [s.next_due for s in streams if not s.needs_input]
-            return TickPlan((), min(due) if due else None)
-        key = lambda s: s.input_since if s.needs_input else s.next_due  # noqa: E731
-        lead = min(ready, key=key)
-        return TickPlan((Batch(lead.pipeline, tuple(s.session_id for s in ready if s.pipeline == lead.pipeline)),))
-
-    def update_from_output(self, *args):
-        pass
-
-    def forget(self, session_id):
-        pass
 
 
 # ---- one plan ---------------------------------------------------------------------------------

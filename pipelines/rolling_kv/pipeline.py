@@ -28,7 +28,6 @@ each stream's own cache is computed per stream. The VAE runs per stream (its cau
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -36,14 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel
 
 from models.video.bundle import VideoModels
 from models.video.eviction import AdaptiveSinkRefresh, EvictionPolicy, FifoEviction, ImportanceKeep
 from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, PositionPolicy, SinkRealign
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
-from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of, with_defaults
 from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
 from pipelines.rolling_kv.schedule import (
@@ -54,16 +53,6 @@ from pipelines.rolling_kv.state import Chunk, PromptTransition, RollingKVState
 from streaming.frames import VideoFrame
 
 FIRST_CHUNK_LATENTS = 2
-
-
-def params_model_for(models: VideoModels) -> type[RollingKVParams]:
-    """The parameter schema with the preset's defaults, so clients and UIs see the real ones."""
-    fields: dict[str, Any] = {}
-    for name, value in models.preset.defaults.items():
-        info = copy.copy(RollingKVParams.model_fields[name])
-        info.default = value
-        fields[name] = (info.annotation, info)
-    return create_model(f"RollingKVParams_{models.preset.name.replace('-', '_').replace('.', '_')}", __base__=RollingKVParams, **fields)
 
 
 @dataclass
@@ -94,7 +83,7 @@ class RollingKVPipeline:
 
     def __init__(self, models: VideoModels):
         self.models = models
-        self.params_model = params_model_for(models)
+        self.params_model = with_defaults(RollingKVParams, models.preset.defaults, f"RollingKVParams_{models.preset.name}")
         self.scheduling = profile_for(models)
         self.denoiser = models.transformer  # what a stage split replaces (streaming.stages)
 

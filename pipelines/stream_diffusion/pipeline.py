@@ -12,7 +12,6 @@ No junk leaves the pipe during warm-up: a slot that holds no real frame produces
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -20,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel
 
 from models.diffusion import DiffusionModels, PromptEmbeds
-from models.presets import DiffusionPreset
-from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of, with_defaults
 from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.stream_diffusion.blending import blend, seeded_noise
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
@@ -37,16 +35,6 @@ from streaming.frames import VideoFrame
 
 PROMPT_FIELDS = {"prompt", "prompts", "prompt_interpolation"}
 SEED_FIELDS = {"seed", "seeds", "seed_interpolation"}
-
-
-def params_model_for(preset: DiffusionPreset) -> type[StreamDiffusionParams]:
-    """The parameter schema with this preset's defaults, so clients and UIs see the real ones."""
-    fields: dict[str, Any] = {}
-    for name, value in preset.defaults.items():
-        info = copy.copy(StreamDiffusionParams.model_fields[name])
-        info.default = value
-        fields[name] = (info.annotation, info)
-    return create_model(f"StreamDiffusionParams_{preset.name.replace('-', '_')}", __base__=StreamDiffusionParams, **fields)
 
 
 @dataclass
@@ -71,7 +59,7 @@ class StreamDiffusionPipeline:
 
     def __init__(self, models: DiffusionModels):
         self.models = models
-        self.params_model = params_model_for(models.preset)
+        self.params_model = with_defaults(StreamDiffusionParams, models.preset.defaults, f"StreamDiffusionParams_{models.preset.name}")
         self.denoise = models.predict  # the UNet call a stage split replaces (streaming.stages)
 
     # ---- per-stream state ------------------------------------------------------------------

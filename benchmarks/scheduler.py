@@ -21,17 +21,17 @@ frames were served), "admitted" only the sessions that ran.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from benchmarks.common import machine
 from streaming.admission import decide_admission
+from streaming.baseline_policies import Fifo, RoundRobin
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy
-from streaming.baseline_policies import Fifo, RoundRobin
 from streaming.scheduler import SloScheduler
 from streaming.simulate import SimPipeline, SimStream, StreamResult, simulate
 
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--stage-size", type=int, default=128, help="picture side of the split's streams")
     args = parser.parse_args()
     costs = calibrated_costs() if args.calibrate else COSTS
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"machine: {machine()}")
     print("step costs (fixed + per stream, ms): " + ", ".join(f"{k} {c.fixed_s * 1000:.1f} + {c.per_work_s * 1000:.1f}" for k, c in costs.items()))
     print(f"mix: {len(sessions())} sessions over {DURATION_S:.0f} s (see sessions())\n")
     print("| policy | admitted | refused | SLO attainment (admitted) | SLO attainment (all) | throughput fps | p99 latency ms | dropped | quality moves |")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import httpx
 import numpy as np
 import torch
 
+from benchmarks.common import machine
 from pipelines.base import parse_params
 from pipelines.registry import ModelOptions, load_pipeline
 from streaming.client import StreamClient
@@ -165,16 +165,6 @@ def start_server(args, pipelines: list[str]) -> tuple[subprocess.Popen, str]:
         time.sleep(0.25)
     server.kill()
     raise TimeoutError("the server did not become ready")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import socket
@@ -150,6 +151,12 @@ async def one_turn(talker: Talker, clip, timeout: float = 120.0) -> dict:
             "speech_end_to_first_audio": None if first is None else first - said.voiced_end_at}
 
 
+def _stages(record: dict) -> str:
+    """Where a turn's time went, in ms."""
+    names = ("asr_partial", "llm_draft", "asr_final", "llm_first_token", "tts_first", "decision_to_first_audio")
+    return ", ".join(f"{n} {record[n] * 1000:.0f}" for n in names if record.get(n) is not None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,7 +190,7 @@ def percentiles(values: list[float]) -> str:
     return f"{p50:.0f} / {p90:.0f}"
 
 
-async def run(url: str, turns: int, seed: int) -> dict[str, list[dict]]:
+async def run(url: str, turns: int, seed: int, params: dict) -> dict[str, list[dict]]:
     from models.speech.bundle import load_voices
     from models.speech.config import SpeechConfig
     from models.speech.stimuli import speak
@@ -197,7 +204,7 @@ async def run(url: str, turns: int, seed: int) -> dict[str, list[dict]]:
     clients = {mode: await StreamClient.connect(url) for mode in results}
     try:
         for mode, client in clients.items():
-            await client.start("relay-speech", {"mode": mode})
+            await client.start("relay-speech", {**params, "mode": mode})
         talkers = {mode: Talker(client, seed=seed + i) for i, (mode, client) in enumerate(clients.items())}
         for talker in talkers.values():
             await talker.__aenter__()
@@ -209,8 +216,8 @@ async def run(url: str, turns: int, seed: int) -> dict[str, list[dict]]:
                 r = turn["record"]
                 first = turn["speech_end_to_first_audio"]
                 print(f"{mode:8s} {index + 1:3d}  {clip.text!r:45s} -> {r.get('final_transcript')!r}: "
-                      f"{r.get('reply')!r} kept={r.get('kept')} first audio {first if first is None else round(first * 1000)} ms",
-                      flush=True)
+                      f"{r.get('reply')!r} kept={r.get('kept')} first audio {first if first is None else round(first * 1000)} ms "
+                      f"({_stages(r)})", flush=True)
                 await talker.room(0.5)
     finally:
         for client in clients.values():
@@ -249,6 +256,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=30, help="turns per mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--url", help="talk to a running server instead of starting one")
+    parser.add_argument("--params", type=json.loads, default={}, help='more session parameters, as JSON: \'{"end_of_turn_s": 0.4}\'')
     args = parser.parse_args()
     server = None
     url = args.url
@@ -258,7 +266,7 @@ def main() -> None:
         server, url = start_server(log)
     try:
         started = time.monotonic()
-        results = asyncio.run(run(url, args.turns, args.seed))
+        results = asyncio.run(run(url, args.turns, args.seed, args.params))
     finally:
         if server is not None:
             server.terminate()

@@ -14,28 +14,17 @@ Absolute times on a shared CPU are noisy; the ratios compare runs made back to b
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.common import machine, moving_pictures, sync
 from pipelines.registry import ModelOptions, load_pipeline
 from pipelines.stream_diffusion.reference import denoise_sequential
 from streaming.frames import VideoFrame
 
 SCHEDULES = {1: [35], 2: [32, 45], 3: [20, 32, 45], 4: [0, 16, 32, 45]}
-
-
-def frames_for(size: int, count: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return [np.roll(base, 4 * k, axis=1) for k in range(count)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_stream(pipe, params: dict, frames: list[np.ndarray], warmup: int) -> tuple[float, float]:
@@ -84,12 +73,6 @@ def time_streams(pipe, params: dict, frames: list[np.ndarray], count: int, batch
     return (time.perf_counter() - start) / len(frames)
 
 
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -106,12 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
     pipe = load_pipeline("stream-diffusion", options)
     load_s = time.perf_counter() - start
-    device = pipe.models.device
-    frames = frames_for(args.size, args.frames)
+    frames = moving_pictures(args.size, args.size, args.frames)
     base = {"width": args.size, "height": args.size, "prompt": "a watercolor landscape", "cfg_type": "none"}
 
     print(f"# stream-diffusion benchmark: preset {args.preset}{' (random weights)' if args.random_weights else ''}, "
-          f"{args.size}x{args.size}, {pipe.models.dtype}, {describe_machine(device)}; models ready in {load_s:.2f} s\n")
+          f"{args.size}x{args.size}, {pipe.models.dtype}, {machine()}; models ready in {load_s:.2f} s\n")
 
     print("| mode | steps | fps | ms/frame | frame latency ms |")
     print("|---|---|---|---|---|")

@@ -18,28 +18,17 @@ Absolute times on a shared CPU are noisy; the ratios compare runs made back to b
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.common import machine, moving_pictures, sync
 from pipelines.registry import ModelOptions, load_pipeline
 from pipelines.rolling_kv.reference import generate_sequential
 from streaming.frames import VideoFrame
 
 MODES = ("stream-batch", "single-slot", "clean-context")
-
-
-def pictures_for(width: int, height: int, count: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return [np.roll(base, 4 * k, axis=1) for k in range(count)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_stream(pipe, params: dict, pictures: list[np.ndarray], chunks: int) -> dict[str, float]:
@@ -104,12 +93,6 @@ def time_streams(pipe, params: dict, pictures: list[np.ndarray], count: int, bat
     return (time.perf_counter() - start) / chunks
 
 
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def parse_size(text: str) -> tuple[int, int]:
     height, _, width = text.partition("x")
     return int(height), int(width or height)
@@ -126,20 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     start = time.perf_counter()
-    pipe = load_pipeline("rolling-kv-video", ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights))
+    options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
+    pipe = load_pipeline("rolling-kv-video", options)
     load_s = time.perf_counter() - start
-    device = pipe.models.device
     sizes = args.size or [(256, 256)]
     print(f"# rolling-kv-video benchmark: preset {args.preset}{' (random weights)' if args.random_weights else ''}, "
-          f"{pipe.models.dtype}, {describe_machine(device)}; models ready in {load_s:.2f} s; "
+          f"{pipe.models.dtype}, {machine()}; models ready in {load_s:.2f} s; "
           f"cache 6 latent frames (3 sinks), {args.chunks} timed chunks per row\n")
 
     for height, width in sizes:
-        pictures = pictures_for(width, height, 64)
+        pictures = moving_pictures(width, height, 64)
         base = {"width": width, "height": height, "prompt": "a watercolor landscape", "kv_cache_frames": 6, "sink_frames": 3}
         tokens = pipe.models.transformer.tokens_per_frame(*pipe.models.latent_size(width, height))
         time_stream(pipe, {**base, "mode": "img2img", "steps": 2}, pictures, 1)  # lazy initialisation, not timed

@@ -44,7 +44,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from app.serve import uvicorn_config
 from app.server import create_app
 from app.settings import Settings
-from benchmarks.server_overhead import machine
+from benchmarks.common import machine
 from pipelines.passthrough import PassthroughPipeline
 from streaming.client import StreamClient
 from streaming.codec import encode_image

@@ -1,0 +1,35 @@
+"""What every benchmark prints and feeds: the machine it ran on, synthetic moving pictures, and
+a device sync so GPU timings cover the work and not just its launch."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+import torch
+
+
+def machine() -> str:
+    """CPU model, cores, GPU (if any), torch threads and versions: the line every table starts with."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}; {torch.get_num_threads()} torch threads; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def moving_pictures(width: int, height: int, count: int) -> list[np.ndarray]:
+    """Random texture sliding 4 pixels per frame: every frame differs, neighbours are related."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return [np.roll(base, 4 * k, axis=1) for k in range(count)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from benchmarks.common import machine
 from streaming.admission import decide_admission

@@ -7,7 +7,6 @@ which the prefix verifier reads.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +29,21 @@ class Transcriber(Protocol):
 
 
 class WhisperTranscriber:
-    """One CTranslate2 Whisper model; calls are serialised (CTranslate2 would queue them anyway)."""
+    """One CTranslate2 Whisper model serving `workers` calls at once: a streaming partial still
+    running must not hold up the fast path's transcript behind it."""
 
-    def __init__(self, model_dir: Path | str, threads: int = 2, compute_type: str = "int8", device: str = "cpu"):
+    def __init__(self, model_dir: Path | str, threads: int = 2, compute_type: str = "int8", device: str = "cpu", workers: int = 2):
         from faster_whisper import WhisperModel
 
         self._model = WhisperModel(str(model_dir), device=device, compute_type=compute_type, cpu_threads=threads,
-                                   local_files_only=True)
-        self._lock = threading.Lock()
+                                   num_workers=workers, local_files_only=True)
 
     def transcribe(self, audio16k: np.ndarray, beam_size: int = 1) -> Transcript:
         started = time.perf_counter()
-        with self._lock:
-            segments, _ = self._model.transcribe(
-                audio16k.astype(np.float32, copy=False), language="en", beam_size=beam_size, condition_on_previous_text=False,
-                without_timestamps=True, vad_filter=False)
-            segments = list(segments)  # decoding happens while iterating
+        segments, _ = self._model.transcribe(
+            audio16k.astype(np.float32, copy=False), language="en", beam_size=beam_size, condition_on_previous_text=False,
+            without_timestamps=True, vad_filter=False)
+        segments = list(segments)  # decoding happens while iterating
         words = sum((len(s.text.split()) for s in segments), 0)
         # Whisper scores each segment; weigh them by their length in words.
         avg = sum(s.avg_logprob * max(1, len(s.text.split())) for s in segments) / max(1, words) if segments else 0.0

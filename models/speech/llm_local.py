@@ -32,6 +32,17 @@ class LocalChatModel:
     def prompt(self, messages: Sequence[Message], prefix: str = "") -> str:
         return self._tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) + prefix
 
+    def _split_prompt(self, messages: Sequence[Message], prefix: str = "") -> tuple[list[str] | None, list[str]]:
+        """(the system prompt's tokens, the rest): CTranslate2 keeps the model state after a
+        static prompt, so a session's turns do not pay for their system prompt again."""
+        tokens = self._tokens(self.prompt(messages, prefix))
+        if not messages or messages[0]["role"] != "system":
+            return None, tokens
+        static = self._tokens(self._tokenizer.apply_chat_template([messages[0]], tokenize=False))
+        if len(static) >= len(tokens) or tokens[:len(static)] != static:
+            return None, tokens
+        return static, tokens[len(static):]
+
     def _tokens(self, text: str) -> list[str]:
         return self._tokenizer.convert_ids_to_tokens(self._tokenizer.encode(text, add_special_tokens=False))
 
@@ -53,9 +64,10 @@ class LocalChatModel:
             return over or bool(cancelled and cancelled())
 
         max_length = 4 * max_words + 8
+        static, rest = self._split_prompt(messages)
         with self._lock:
             result = self._generator.generate_batch(
-                [self._tokens(self.prompt(messages))], max_length=max_length, include_prompt_in_result=False,
+                [rest], static_prompt=static, max_length=max_length, include_prompt_in_result=False,
                 return_logits_vocab=True, end_token=self._end_token, callback=on_token)[0]
         kept = ids[:-1] if over else ids
         logits = result.logits[0] if result.logits else []
@@ -68,11 +80,12 @@ class LocalChatModel:
     def respond(self, messages: Sequence[Message], prefix: str, max_tokens: int,
                 cancelled: Cancelled | None = None) -> Iterator[str]:
         """Stream the continuation of `prefix` (forced-prefix decoding), piece by piece."""
-        tokens = self._tokens(self.prompt(messages, prefix))
+        static, rest = self._split_prompt(messages, prefix)
         ids: list[int] = []
         emitted = ""
         with self._lock:
-            steps = self._generator.generate_tokens(tokens, max_length=max_tokens, end_token=self._end_token, sampling_topk=1)
+            steps = self._generator.generate_tokens(rest, static_prompt=static, max_length=max_tokens, end_token=self._end_token,
+                                                    sampling_topk=1)
             try:
                 for step in steps:
                     if cancelled and cancelled():

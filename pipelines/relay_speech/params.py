@@ -35,7 +35,8 @@ class RelaySpeechParams(BaseModel):
     pause_s: float = _hot(default=0.15, ge=0.03, le=2.0, description="Silence after which the fast path starts drafting.")
     end_of_turn_s: float = _hot(default=0.5, ge=0.1, le=3.0, description="Silence that ends the user's turn (VAD hangover).")
     max_utterance_s: float = _hot(default=15.0, ge=1.0, le=30.0, description="A longer turn is ended here and answered.")
-    partial_interval_s: float = _hot(default=1.0, ge=0.2, le=10.0, description="Streaming partial transcript every so often while the user speaks.")
+    partial_interval_s: float = _hot(default=1.5, ge=0.2, le=30.0, description="A streaming partial transcript every so "
+                                     "often while the user speaks (relay mode; the verifier reads how stable they were).")
     barge_in: bool = _hot(default=True, description="User speech during the answer stops it.")
     max_answer_tokens: int = _hot(default=60, ge=4, le=512)
     max_context_turns: int = _hot(default=8, ge=0, le=64, description="Exchanges of the conversation kept for the LLM.")

@@ -10,8 +10,8 @@ A turn, in time order:
 2. Pause (`pause_s` of silence): the fast path starts, speculatively: a greedy transcript, a
    draft of a few words, the verifier's verdict, and the kept draft's audio. Until the turn is
    decided none of it is heard or remembered; if the user goes on speaking it is cancelled.
-3. Turn decision (`end_of_turn_s` of silence): the slow path starts: a beam-search transcript,
-   then the LLM, forced to continue from the kept prefix (or answering from scratch when the
+3. Turn decision (`end_of_turn_s` of silence): once the fast path is done, the slow path
+   starts: a beam-search transcript, then the LLM, forced to continue from the kept prefix (or answering from scratch when the
    verifier discarded the draft), clause by clause into speech. The kept prefix plays the moment
    it is ready; its continuation plays right after it.
 4. The answer plays out in real time. User speech during it (barge-in) stops it at once, cancels
@@ -68,7 +68,6 @@ class FastResult:
 class Speculation:
     future: Future
     cancel: threading.Event
-    asr_done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(eq=False)
@@ -201,10 +200,7 @@ class Relay:
 
     def _fast_path(self, speculation: Speculation, audio: np.ndarray, messages: list[Message], earlier: str | None,
                    params: RelaySpeechParams, voice: Synthesizer) -> FastResult:
-        try:
-            transcript = self.models.asr.transcribe(audio, beam_size=1)
-        finally:
-            speculation.asr_done.set()
+        transcript = self.models.asr.transcribe(audio, beam_size=1)
         text = usable_text(transcript)
         if not text or speculation.cancel.is_set():
             return FastResult(transcript)
@@ -248,11 +244,11 @@ class Relay:
         put = answer.outbox.append
         try:
             speculation = answer.speculation
-            if speculation is not None:
-                speculation.asr_done.wait()  # the fast path's transcript first: it is the one heard sooner
+            # The fast path first: it is heard first, and on a couple of CPU cores running both at
+            # once would slow it down. The kept prefix's playback then covers the slow path.
+            fast: FastResult | None = speculation.future.result() if speculation is not None else None
             final = self.models.asr.transcribe(audio, beam_size=5)
             put(("final", final))
-            fast: FastResult | None = speculation.future.result() if speculation is not None else None
             user_text = usable_text(final) or (usable_text(fast.transcript) if fast else "")
             if not user_text or answer.cancel.is_set():
                 return
@@ -325,7 +321,9 @@ class Relay:
             if job.exception() is None and (text := usable_text(job.result())):
                 listening.partials.append(text)
         spoken = (self._audio_origin + self._audio.size - listening.start_sample) / ASR_RATE
-        if listening.partial_job is None and now >= listening.partial_due and spoken >= MIN_PARTIAL_S and self.detector.speaking:
+        # Partials feed the verifier's stability signal: the cascaded baseline has no use for them.
+        if listening.partial_job is None and now >= listening.partial_due and spoken >= MIN_PARTIAL_S and self.detector.speaking \
+                and self.params.mode == "relay":
             listening.partial_due = now + self.params.partial_interval_s
             listening.partial_job = self._jobs.submit(self.models.asr.transcribe, self._utterance(listening), 1)
 

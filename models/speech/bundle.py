@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,8 +14,6 @@ from models.speech.tts import Synthesizer
 from models.speech.tts_espeak import EspeakSynthesizer, espeak_installed
 from models.speech.vad import SileroVad
 from models.speech.verifier import PrefixVerifier
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

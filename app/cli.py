@@ -40,19 +40,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(**{k: v for k, v in vars(args).items() if k in known})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands, or with `only` just that one's flags: each module imports its own stack
+    (the server's, the codecs'), and a command should not pay for the others' imports."""
     parser = argparse.ArgumentParser(prog="latentcast", description="Real-time streaming media generation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        if only in (None, name):
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen if chosen in COMMANDS else "").parse_args(argv)  # "": no command, import none
     return int(args.run(args) or 0)
 
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--size", type=int, default=128, help="square frame side in pixels")
     parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side-by-side comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (medians; alternating in comparisons)")
     parser.add_argument("--threads", type=int, help="CPU threads for compute (1 gives steadier numbers on a busy machine)")
     args = parser.parse_args(argv)
 
@@ -97,10 +97,15 @@ def main(argv: list[str] | None = None) -> None:
 
     print("| mode | steps | fps | ms/frame | frame latency ms |")
     print("|---|---|---|---|---|")
-    for mode in ("img2img", "txt2img"):
-        for steps, schedule in SCHEDULES.items():
-            per_frame, latency = time_stream(pipe, {**base, "mode": mode, "t_index_list": schedule}, frames, warmup=steps + 1)
-            print(f"| {mode} | {steps} | {1 / per_frame:.1f} | {per_frame * 1e3:.1f} | {latency * 1e3:.1f} |")
+    configs = [(mode, steps) for mode in ("img2img", "txt2img") for steps in SCHEDULES]
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in configs}
+    for _ in range(args.rounds):  # every configuration once per round, so load changes spread evenly
+        for mode, steps in configs:
+            params = {**base, "mode": mode, "t_index_list": SCHEDULES[steps]}
+            runs[mode, steps].append(time_stream(pipe, params, frames, warmup=steps + 1))
+    for (mode, steps), samples in runs.items():
+        per_frame, latency = np.median(samples, axis=0)
+        print(f"| {mode} | {steps} | {1 / per_frame:.1f} | {per_frame * 1e3:.1f} | {latency * 1e3:.1f} |")
 
     print("\n| steps | stream batch ms/frame | sequential ms/frame | speed-up |")
     print("|---|---|---|---|")

@@ -153,8 +153,9 @@ async def one_turn(talker: Talker, clip, timeout: float = 120.0) -> dict:
 
 def _stages(record: dict) -> str:
     """Where a turn's time went, in ms."""
-    names = ("asr_partial", "llm_draft", "asr_final", "llm_first_token", "tts_first", "decision_to_first_audio")
-    return ", ".join(f"{n} {record[n] * 1000:.0f}" for n in names if record.get(n) is not None)
+    names = ("fast_start", "asr_partial", "llm_draft", "asr_final", "llm_first_token", "tts_first", "decision_to_first_audio")
+    timed = ", ".join(f"{n} {record[n] * 1000:.0f}" for n in names if record.get(n) is not None)
+    return f"{timed}, speculations {record.get('speculations', 0)}"
 
 
 def free_port() -> int:

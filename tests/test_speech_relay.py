@@ -46,6 +46,7 @@ def test_turn_timing_relay_speaks_at_the_decision():
     # ...which comes one hangover after the voice ended.
     assert 0.45 <= record.speech_end_to_first_audio <= 0.6
     assert record.seam_gap == 0.0  # the continuation was queued behind the prefix
+    assert -0.4 <= record.fast_start <= -0.3  # drafted at the pause, 0.35 s before the decision
 
 
 def test_discarded_draft_is_never_voiced_and_slow_path_starts_from_scratch():
@@ -84,6 +85,7 @@ def test_speculation_of_a_mid_sentence_pause_is_dropped_when_the_user_goes_on():
     talk.wait(3.0)
     assert len(talk.turn_stats.records()) == 1
     assert len(talk.models.drafter.drafts) == 2             # drafted again at the real end
+    assert talk.turn_stats.records()[0].speculations == 2
     # One prefix, one answer heard.
     assert talk.turn_stats.records()[0].heard == ANSWER
     # The fast path transcribed the whole utterance, not just its first part.

@@ -31,6 +31,8 @@ class TurnRecord:
     decision_at: float | None = None
     first_audio_at: float | None = None
     forced_end: bool = False
+    speculations: int = 0                                # fast paths started (those the user spoke on after were cancelled)
+    fast_start: float | None = None                      # start of the fast path used, from the decision (< 0: speculative)
     partials: list[str] = field(default_factory=list)   # streaming partial transcripts, in order
     fast_transcript: str | None = None                   # what the fast path drafted from
     final_transcript: str | None = None                  # what the slow path answered

@@ -68,6 +68,7 @@ class FastResult:
 class Speculation:
     future: Future
     cancel: threading.Event
+    started_at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -80,6 +81,7 @@ class Listening:
     partial_job: Future | None = None
     partial_due: float = 0.0
     speculation: Speculation | None = None
+    speculations: int = 0   # fast paths started for this utterance (pauses the user spoke on after count too)
 
 
 @dataclass(eq=False)
@@ -159,6 +161,7 @@ class Relay:
             if self.params.mode == "relay" and self.params.speculate:
                 listening = self._listening
                 listening.speculation = self._speculate(self._utterance(listening, d.speech_window), latest(listening.partials))
+                listening.speculations += 1
         elif d.event is TurnEvent.RESUMED:
             self._cancel_speculation(self._listening)
         elif d.event is TurnEvent.ENDED:
@@ -193,7 +196,7 @@ class Relay:
     def _speculate(self, audio: np.ndarray, earlier: str | None) -> Speculation:
         messages = self.conversation.messages(self.params.system_prompt)
         cancel = threading.Event()
-        speculation = Speculation(Future(), cancel)
+        speculation = Speculation(Future(), cancel, self._clock())
         params, voice = self.params, self._voice()
         speculation.future = self._jobs.submit(self._fast_path, speculation, audio, messages, earlier, params, voice)
         return speculation
@@ -231,6 +234,10 @@ class Relay:
             speculation = None
         elif speculation is None:
             speculation = self._speculate(audio, latest(listening.partials))
+            listening.speculations += 1
+        record.speculations = listening.speculations
+        if speculation is not None:
+            record.fast_start = speculation.started_at - now
         answer = Answer(record, threading.Event(), speculation)
         self.answer = answer
         self.playout.new_turn()

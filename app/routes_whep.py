@@ -19,10 +19,7 @@ from fastapi.responses import FileResponse
 
 from app.context import ServerContext, server_context
 from app.peers import new_peer, peer_registry
-from app.sdp_exchange import (
-    ENDPOINT_METHODS, RESOURCE_METHODS, SdpError, answer_offer, created, deleted, no_trickle, not_allowed, preflight,
-    read_offer,
-)
+from app.sdp_exchange import SdpError, add_endpoint_routes, add_resource_routes, answer_offer, created, read_offer
 from streaming.errors import ErrorCode, StreamError
 from streaming.session import Session
 from streaming.sessions import SessionManager
@@ -68,40 +65,13 @@ async def watch(session_id: str, request: Request, context: ServerContext = Depe
         raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} ended")
     session.watch(peer.sink)
     peer.bind(session, as_stream=False, release=lambda: session.unwatch(peer.sink))
-    location = str(request.url_for("whep_resource", session_id=session.id, player_id=peer.id))
+    location = str(request.url_for("whep_resource", session_id=session.id, resource_id=peer.id))
     return created(answer, location, session.id)
 
 
-@router.options("/v1/whep/{session_id}", include_in_schema=False)
-async def endpoint_options() -> Response:
-    return preflight(ENDPOINT_METHODS, accept_post=True)
-
-
-@router.api_route("/v1/whep/{session_id}", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-async def endpoint_other() -> Response:
-    return not_allowed(ENDPOINT_METHODS)
-
-
-@router.delete("/v1/whep/{session_id}/{player_id}", name="whep_resource", responses={404: {"description": "no such player"}})
-async def stop_watching(session_id: str, player_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-    await peers.get(player_id, "whep").close()
-    return deleted()
-
-
-@router.patch("/v1/whep/{session_id}/{player_id}", include_in_schema=False)
-async def patch_player(session_id: str, player_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-    peers.get(player_id, "whep")
-    return no_trickle()
-
-
-@router.options("/v1/whep/{session_id}/{player_id}", include_in_schema=False)
-async def resource_options() -> Response:
-    return preflight(RESOURCE_METHODS, accept_post=False)
-
-
-@router.api_route("/v1/whep/{session_id}/{player_id}", methods=["GET", "HEAD", "POST", "PUT"], include_in_schema=False)
-async def resource_other() -> Response:
-    return not_allowed(RESOURCE_METHODS)
+add_endpoint_routes(router, "/v1/whep/{session_id}")
+# The player's resource sits under its session's path; the peer id alone names it.
+add_resource_routes(router, "/v1/whep/{session_id}/{resource_id}", "whep", "whep_resource", "Stop watching: the player's connection closes.")
 
 
 @router.get("/player/{session_id}", response_class=FileResponse, tags=["pages"])

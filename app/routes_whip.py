@@ -19,10 +19,7 @@ from pydantic import ValidationError
 
 from app.context import ServerContext, server_context
 from app.peers import new_peer, peer_registry
-from app.sdp_exchange import (
-    ENDPOINT_METHODS, RESOURCE_METHODS, SdpError, answer_offer, created, deleted, no_trickle, not_allowed, preflight,
-    read_offer,
-)
+from app.sdp_exchange import SdpError, add_endpoint_routes, add_resource_routes, answer_offer, created, read_offer
 from streaming.errors import ErrorCode, StreamError
 from streaming.protocol import SloSpec
 from streaming.session import Session
@@ -110,34 +107,6 @@ def _detach(session: Session, peer: SessionPeer) -> None:
         session.touch()  # the idle timeout counts from the publisher leaving
 
 
-@router.options("", include_in_schema=False)
-async def endpoint_options() -> Response:
-    return preflight(ENDPOINT_METHODS, accept_post=True)
-
-
-@router.api_route("", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-async def endpoint_other() -> Response:
-    return not_allowed(ENDPOINT_METHODS)
-
-
-@router.delete("/{resource_id}", name="whip_resource", responses={404: {"description": "no such resource"}})
-async def stop_publishing(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-    """Stop publishing: the connection closes, and the session with it unless it was made over REST."""
-    await peers.get(resource_id, "whip").close()
-    return deleted()
-
-
-@router.patch("/{resource_id}", include_in_schema=False)
-async def patch_resource(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-    peers.get(resource_id, "whip")
-    return no_trickle()
-
-
-@router.options("/{resource_id}", include_in_schema=False)
-async def resource_options() -> Response:
-    return preflight(RESOURCE_METHODS, accept_post=False)
-
-
-@router.api_route("/{resource_id}", methods=["GET", "HEAD", "POST", "PUT"], include_in_schema=False)
-async def resource_other() -> Response:
-    return not_allowed(RESOURCE_METHODS)
+add_endpoint_routes(router, "")
+add_resource_routes(router, "/{resource_id}", "whip", "whip_resource",
+                    "Stop publishing: the connection closes, and the session with it unless it was made over REST.")

@@ -5,17 +5,18 @@ the RFC asks of a server without trickle ICE or ICE restarts.
 
 from __future__ import annotations
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.peers import peer_registry
 from streaming.errors import ErrorCode, StreamError
 from streaming.webrtc.codecs import UnsupportedOffer
-from streaming.webrtc.peer import SessionPeer
+from streaming.webrtc.peer import PeerRegistry, SessionPeer
 
 SDP = "application/sdp"
 MAX_SDP_BYTES = 64 * 2**10
-ENDPOINT_METHODS = "POST, OPTIONS"
-RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
+_ENDPOINT_METHODS = "POST, OPTIONS"
+_RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
 
 # Bearer tokens travel in a header, never in cookies, so any origin may call (a player page or
 # WHIP client hosted elsewhere); the token is what guards the server.
@@ -90,3 +91,46 @@ def no_trickle() -> Response:
 def not_allowed(methods: str) -> Response:
     """Other methods on an endpoint or resource are reserved by the RFC: 405."""
     return Response(status_code=405, headers={**_CORS, "Allow": methods})
+
+
+def add_endpoint_routes(router: APIRouter, path: str) -> None:
+    """OPTIONS and the reserved methods of an endpoint whose POST the caller defines."""
+
+    async def endpoint_options() -> Response:
+        return preflight(_ENDPOINT_METHODS, accept_post=True)
+
+    async def endpoint_other() -> Response:
+        return not_allowed(_ENDPOINT_METHODS)
+
+    router.add_api_route(path, endpoint_options, methods=["OPTIONS"], include_in_schema=False)
+    router.add_api_route(path, endpoint_other, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+
+
+def add_resource_routes(router: APIRouter, path: str, kind: str, name: str, ends: str) -> None:
+    """DELETE, PATCH, OPTIONS and the reserved methods of the resources a `kind` ("whip" or
+    "whep") POST creates; `path` ends in `{resource_id}`, the peer's id, and the DELETE route is
+    called `name` (for `url_for` when the POST makes the Location). `ends` documents the DELETE."""
+
+    async def end(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
+        await peers.get(resource_id, kind).close()
+        return deleted()
+
+    async def patch(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
+        peers.get(resource_id, kind)  # 404 for an unknown resource before the 501
+        return no_trickle()
+
+    async def resource_options() -> Response:
+        return preflight(_RESOURCE_METHODS, accept_post=False)
+
+    async def resource_other() -> Response:
+        return not_allowed(_RESOURCE_METHODS)
+
+    # Path segments before the resource id only place it (the peer id is unique): documented, unread.
+    placing = [{"name": segment[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+               for segment in path.split("/") if segment.startswith("{") and segment != "{resource_id}"]
+    router.add_api_route(path, end, methods=["DELETE"], name=name, summary=ends, description=ends,
+                         responses={404: {"description": f"no such {kind.upper()} resource"}},
+                         openapi_extra={"parameters": placing} if placing else None)
+    router.add_api_route(path, patch, methods=["PATCH"], include_in_schema=False)
+    router.add_api_route(path, resource_options, methods=["OPTIONS"], include_in_schema=False)
+    router.add_api_route(path, resource_other, methods=["GET", "HEAD", "POST", "PUT"], include_in_schema=False)

@@ -107,6 +107,26 @@ class UpdateResult:
     discarded_frames: int = 0
 
 
+def changed_fields(old: BaseModel, new: BaseModel) -> list[str]:
+    """The parameters whose value an update really changed (re-sending a value is no change)."""
+    return [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
+
+
+def reset_in_place(state: Any, new: BaseModel, changed: list[str], in_flight: int, build_state: Any) -> UpdateResult | None:
+    """Restart a stream under `new` when any changed parameter is reset-class; None otherwise.
+
+    The state object is rebuilt in place (the server holds references to it) and frame ids go on
+    from where they were, so a client never sees an id twice; the frames in flight are discarded
+    and counted. `build_state(params, stream_id)` is the pipeline's own constructor of a state.
+    """
+    if not any(update_class_of(type(new), name) == UpdateClass.RESET for name in changed):
+        return None
+    fresh = build_state(new, state.stream_id)
+    fresh.next_frame_id = state.next_frame_id
+    state.__dict__.update(fresh.__dict__)
+    return UpdateResult(applied=changed, reset=True, discarded_frames=in_flight)
+
+
 @dataclass
 class StepOutput:
     """One stream's share of a step.

@@ -60,3 +60,31 @@ def server_factory() -> Iterator[Callable[..., str]]:
             return stack.enter_context(serve_in_thread(make_settings(**overrides), load, wait_loaded))
 
         yield start
+
+
+@pytest.fixture(scope="module")
+def loopback_ice() -> Iterator[None]:
+    """WebRTC peers in a test module gather only 127.0.0.1 candidates (nothing leaves the machine);
+    modules that use aiortc ask for it with `pytestmark = pytest.mark.usefixtures("loopback_ice")`."""
+    from streaming.webrtc.loopback import loopback_only_ice
+
+    with loopback_only_ice():
+        yield
+
+
+@pytest.fixture(scope="module")
+def speech_models():
+    """The real speech models, from their packages, loaded once per test module."""
+    from models.speech.bundle import load_speech_models
+
+    models = load_speech_models()
+    yield models
+    models.close()
+
+
+@pytest.fixture(scope="module")
+def user_voice():
+    """A simulated user's voice: espeak-ng's, so it is never confused with the bot's Piper voice."""
+    from models.speech.tts_espeak import EspeakSynthesizer
+
+    return EspeakSynthesizer(voice="en-us", words_per_minute=150)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from app import render
+from media import make_clip, make_tone_file, read_media
 from pipelines.registry import ModelOptions, load_pipeline
-from tests.media import make_clip, make_tone_file, read_media
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 12

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.relay_speech.conversation import Conversation as Context
 from models.speech.llm import drop_repeated_overlap
+from pipelines.relay_speech.conversation import Conversation as Context
 from pipelines.relay_speech.text import seam_join, take_clause, words_played
 from pipelines.relay_speech.turn_detector import TurnDetector, TurnEvent
-from tests.speech_fakes import Conversation, ManualExecutor, ScriptedAsr, ScriptedChat, fake_models, speech
+from speech_fakes import Conversation, FakeClock, InlineExecutor, ManualExecutor, ScriptedAsr, ScriptedChat, fake_models, speech
 
 ANSWER = "The capital of France is Paris. It is a big city."
 
@@ -269,7 +269,6 @@ def test_pipeline_contract_steps_audio_and_exports_its_turns():
     from pipelines.relay_speech.pipeline import RelaySpeechPipeline
     from streaming.frames import AudioChunk
     from streaming.metrics import _PipelineCollector
-    from tests.speech_fakes import FakeClock, InlineExecutor
 
     clock = FakeClock()
     pipeline = RelaySpeechPipeline(fake_models(), jobs=InlineExecutor(), clock=clock)

@@ -17,25 +17,16 @@ import numpy as np
 import pytest
 
 from benchmarks.speech_relay import Talker, one_turn, speech_stats
+from conftest import make_settings, serve_in_thread
 from models.speech.audio import resample
 from models.speech.stimuli import Utterance, noise, speak
 from models.speech.verifier import normalized_words
 from streaming.client import StreamClient, StreamClientError
 from streaming.protocol import MediaFormat, MediaHeader, MediaKind, pack_media
-from tests.conftest import make_settings, serve_in_thread
 
 pytestmark = pytest.mark.timeout(600)
 
 RATE = 16000
-
-
-@pytest.fixture(scope="module")
-def speech_models():
-    from models.speech.bundle import load_speech_models
-
-    models = load_speech_models()
-    yield models
-    models.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +36,6 @@ def server(speech_models):
     pipeline = RelaySpeechPipeline(speech_models)
     with serve_in_thread(make_settings(), lambda: {"relay-speech": pipeline}) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def user_voice():
-    from models.speech.tts_espeak import EspeakSynthesizer
-
-    return EspeakSynthesizer(voice="en-us", words_per_minute=150)
 
 
 def question(voice, text: str, seed: int = 0) -> Utterance:

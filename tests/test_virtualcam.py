@@ -15,16 +15,12 @@ from app.cli import main
 from fake_pipelines import TintPipeline
 from streaming.client import StreamClient
 from streaming.virtualcam import FakeCamera, PyVirtualCam, VirtualCamBridge, VirtualCamUnavailable
-from streaming.webrtc.loopback import loopback_only_ice
 from webrtc_peers import wait_until
 
 FPS = 12
 
 
-@pytest.fixture(autouse=True)
-def loopback():
-    with loopback_only_ice():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 async def stream_session(url: str, grey: int, stop: asyncio.Event) -> None:

@@ -15,17 +15,13 @@ from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from pipelines.passthrough import PassthroughPipeline
 from streaming.frames import VideoFrame
-from streaming.webrtc.loopback import loopback_only_ice
 from streaming.webrtc.output import GeneratedVideoTrack
 from webrtc_peers import CountingCamera, DemoClient, ToneMicrophone, new_client_pc, prefer, received_on, wait_until
 
 SLOW_STEP_S = 0.15
 
 
-@pytest.fixture(scope="module", autouse=True)
-def loopback():
-    with loopback_only_ice():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 @pytest.fixture(scope="module")

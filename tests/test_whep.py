@@ -13,14 +13,10 @@ from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline
 from streaming.client import StreamClient
 from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
-from streaming.webrtc.loopback import loopback_only_ice
 from webrtc_peers import CountingCamera, new_client_pc, paint_index, prefer, received_on, wait_until
 
 
-@pytest.fixture(scope="module", autouse=True)
-def loopback():
-    with loopback_only_ice():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,12 @@ import pytest
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline
 from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
-from streaming.webrtc.loopback import loopback_only_ice
 from webrtc_peers import CountingCamera, ToneMicrophone, new_client_pc, prefer, wait_until
 
 TOKEN = "whip-secret"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def loopback():
-    with loopback_only_ice():
-        yield
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from models.video.eviction import AdaptiveSinkRefresh, EvictionPolicy, FifoEvict
 from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, PositionPolicy, SinkRealign
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
-from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of, with_defaults
+from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateResult, changed_fields, merge_params, parse_params, reset_in_place, with_defaults
 from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
 from pipelines.rolling_kv.schedule import (
@@ -106,15 +106,11 @@ class RollingKVPipeline:
         """Apply a partial update between ticks; everything is computed before anything is
         assigned, so a rejected update (ParamError) leaves the stream as it was."""
         new = merge_params(state.params, changes)
-        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(state.params, name)]
+        changed = changed_fields(state.params, new)
         if not changed:
             return UpdateResult()
-        if any(update_class_of(type(new), name) == UpdateClass.RESET for name in changed):
-            discarded = self.in_flight(state)
-            fresh = self._build_state(new, state.stream_id)
-            fresh.next_frame_id = state.next_frame_id
-            state.__dict__.update(fresh.__dict__)
-            return UpdateResult(applied=changed, reset=True, discarded_frames=discarded)
+        if reset := reset_in_place(state, new, changed, self.in_flight(state), self._build_state):
+            return reset
         if "prompt" in changed:
             target = self.models.prompt_states(new.prompt)
             if new.transition_chunks > 0 and state.started:

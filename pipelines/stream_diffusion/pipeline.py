@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel
 
 from models.diffusion import DiffusionModels, PromptEmbeds
-from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of, with_defaults
+from pipelines.base import PipelineKind, StepOutput, UpdateResult, changed_fields, merge_params, parse_params, reset_in_place, with_defaults
 from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.stream_diffusion.blending import blend, seeded_noise
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
@@ -77,15 +77,11 @@ class StreamDiffusionPipeline:
         if "t_index_list" in changes and "strength" not in changes:
             changes["strength"] = None  # an explicit schedule replaces the strength shorthand
         new = merge_params(state.params, changes)
-        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(state.params, name)]
+        changed = changed_fields(state.params, new)
         if not changed:
             return UpdateResult()
-        if any(update_class_of(type(new), name) == UpdateClass.RESET for name in changed):
-            discarded = self.in_flight(state)
-            fresh = self._build_state(new, state.stream_id)
-            fresh.next_frame_id = state.next_frame_id
-            state.__dict__.update(fresh.__dict__)
-            return UpdateResult(applied=changed, reset=True, discarded_frames=discarded)
+        if reset := reset_in_place(state, new, changed, self.in_flight(state), self._build_state):
+            return reset
         cond = self._prompt_embeds(new) if PROMPT_FIELDS & set(changed) else state.cond
         uncond = self.models.encode_prompt([new.negative_prompt]) if "negative_prompt" in changed else state.uncond
         if SEED_FIELDS & set(changed):

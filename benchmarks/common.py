@@ -3,11 +3,16 @@ a device sync so GPU timings cover the work and not just its launch."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import time
 
 import numpy as np
 import torch
+
+from pipelines.base import Pipeline
+from pipelines.registry import ModelOptions, load_pipeline
 
 
 def machine() -> str:
@@ -33,3 +38,20 @@ def moving_pictures(width: int, height: int, count: int) -> list[np.ndarray]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, preset: str) -> None:
+    """Which model a benchmark loads and where it runs, the same flags in every benchmark."""
+    parser.add_argument("--preset", default=preset)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--random-weights", action="store_true", help="the preset's real shapes, no download")
+    parser.add_argument("--threads", type=int, help="CPU threads for compute (1 gives steadier numbers on a busy machine)")
+
+
+def load_timed(pipeline: str, args: argparse.Namespace) -> tuple[Pipeline, float]:
+    """The pipeline built from `add_model_arguments` flags, and the seconds that took."""
+    start = time.perf_counter()
+    options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
+    pipe = load_pipeline(pipeline, options)
+    return pipe, time.perf_counter() - start

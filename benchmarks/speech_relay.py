@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.common import machine
 from models.speech.stimuli import noise
 from streaming.client import StreamClient
 
@@ -246,12 +246,6 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    load = os.getloadavg()
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load[0]:.1f} at the end")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=30, help="turns per mode")
@@ -272,7 +266,7 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(30)
-    print(f"\n{machine()}; {time.monotonic() - started:.0f} s\n")
+    print(f"\n{machine()}; load average {os.getloadavg()[0]:.1f} at the end; {time.monotonic() - started:.0f} s\n")
     print(table(results))
 
 

@@ -19,8 +19,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine, moving_pictures, sync
-from pipelines.registry import ModelOptions, load_pipeline
+from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, sync
 from pipelines.stream_diffusion.reference import denoise_sequential
 from streaming.frames import VideoFrame
 
@@ -61,7 +60,7 @@ def time_streams(pipe, params: dict, frames: list[np.ndarray], count: int, batch
     """Seconds per tick (every stream advanced by one frame)."""
     states = [pipe.new_state({**params, "seed": s}) for s in range(count)]
     for k in range(3):
-        pipe.step([(s, VideoFrame(frames[k], k)) for s in states])
+        pipe.step([(s, VideoFrame(frames[k % len(frames)], k)) for s in states])
     start = time.perf_counter()
     for k, image in enumerate(frames):
         if batched:
@@ -75,20 +74,15 @@ def time_streams(pipe, params: dict, frames: list[np.ndarray], count: int, batch
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--random-weights", action="store_true")
+    add_model_arguments(parser, preset="tiny")
     parser.add_argument("--size", type=int, default=128, help="square frame side in pixels")
     parser.add_argument("--frames", type=int, default=12, help="timed frames per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (medians; alternating in comparisons)")
-    parser.add_argument("--threads", type=int, help="CPU threads for compute (1 gives steadier numbers on a busy machine)")
     args = parser.parse_args(argv)
+    if args.frames < 5:
+        parser.error("--frames must be at least 5: with 4 steps the first frame leaves on the 4th call")
 
-    start = time.perf_counter()
-    options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
-    pipe = load_pipeline("stream-diffusion", options)
-    load_s = time.perf_counter() - start
+    pipe, load_s = load_timed("stream-diffusion", args)
     frames = moving_pictures(args.size, args.size, args.frames)
     base = {"width": args.size, "height": args.size, "prompt": "a watercolor landscape", "cfg_type": "none"}
 

@@ -23,8 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine, moving_pictures, sync
-from pipelines.registry import ModelOptions, load_pipeline
+from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, sync
 from pipelines.rolling_kv.reference import generate_sequential
 from streaming.frames import VideoFrame
 
@@ -100,19 +99,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small-video")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--random-weights", action="store_true")
+    add_model_arguments(parser, preset="small-video")
     parser.add_argument("--size", type=parse_size, action="append", help="HEIGHTxWIDTH (repeatable; default 256x256)")
     parser.add_argument("--chunks", type=int, default=4, help="timed chunks per measurement after warm-up")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
-    pipe = load_pipeline("rolling-kv-video", options)
-    load_s = time.perf_counter() - start
+    pipe, load_s = load_timed("rolling-kv-video", args)
     sizes = args.size or [(256, 256)]
     print(f"# rolling-kv-video benchmark: preset {args.preset}{' (random weights)' if args.random_weights else ''}, "
           f"{pipe.models.dtype}, {machine()}; models ready in {load_s:.2f} s; "

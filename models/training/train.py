@@ -77,8 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pixel-loss", type=float, default=1.0, help="weight of the L1 loss through the decoder")
     p.add_argument("--pixel-rows", type=int, default=4, help="batch rows that get the pixel loss")
     p.add_argument("--ema", type=float, default=0.998)
-    p.add_argument("--sample-every", type=int, default=250)
+    p.add_argument("--sample-every", type=int, default=250, help="steps between sample grids and checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <work-dir>/checkpoint.pt (written every --sample-every steps) to --steps; "
+                   "data order, noise and optimiser state carry on as in one uninterrupted run")
     return p.parse_args(argv)
+
+
+# Settings that do not change what training computes: a checkpoint may be resumed with others.
+RUN_ONLY_SETTINGS = {"out", "work_dir", "steps", "max_minutes", "threads", "workers", "sample_every", "resume"}
+
+
+def training_settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in RUN_ONLY_SETTINGS}
 
 
 def build_models(seed: int):
@@ -189,14 +200,26 @@ def lr_at(step: int, args) -> float:
     return args.lr * min(1.0, (step + 1) / warmup)
 
 
-def train_denoiser(model: Denoiser, ema: Denoiser, ae: PatchAutoencoder, latents, data, sqrt_abar, args) -> list[dict]:
+def train_denoiser(model: Denoiser, ema: Denoiser, ae: PatchAutoencoder, latents, data, sqrt_abar, args) -> tuple[list[dict], float]:
+    """Train to --steps (or --max-minutes); the log, and the seconds spent over every resumed part."""
     rng = np.random.default_rng(args.seed + 1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     held_out = held_out_images(args.size)
     ae.requires_grad_(False)
-    log, window = [], []
-    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else math.inf
-    for step in (bar := tqdm(range(args.steps), desc="denoiser", unit="step")):
+    log, window, first, spent = [], [], 0, 0.0
+    checkpoint_path = args.work_dir / "checkpoint.pt"
+    if args.resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        if checkpoint["settings"] != training_settings(args):
+            raise SystemExit(f"{checkpoint_path} was trained with other settings: {checkpoint['settings']}")
+        model.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        rng.bit_generator.state = checkpoint["rng"]
+        log, first, spent = checkpoint["log"], checkpoint["step"], checkpoint["seconds"]
+    started = time.monotonic()
+    deadline = started + 60 * args.max_minutes if args.max_minutes else math.inf
+    for step in (bar := tqdm(range(first, args.steps), desc="denoiser", unit="step", initial=first, total=args.steps)):
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step, args)
         x_t, t, embeds, targets, pixel_targets = make_batch(rng, args, latents, data, model, sqrt_abar)
@@ -224,10 +247,12 @@ def train_denoiser(model: Denoiser, ema: Denoiser, ae: PatchAutoencoder, latents
             ema.eval()
             for t_index in (40, 45):
                 sample_grid(ema, ae, sqrt_abar, held_out, t_index, args.work_dir / "samples" / f"step{step + 1:06d}-t{t_index}.png")
-            torch.save(ema.state_dict(), args.work_dir / "ema.pt")
+            torch.save({"settings": training_settings(args), "step": step + 1, "model": model.state_dict(),
+                        "ema": ema.state_dict(), "optimiser": optimiser.state_dict(), "rng": rng.bit_generator.state,
+                        "log": log, "seconds": spent + time.monotonic() - started}, checkpoint_path)
         if last:
             break
-    return log
+    return log, spent + time.monotonic() - started
 
 
 def save_weights(out: Path, ema: Denoiser, ae: PatchAutoencoder, record: dict) -> None:
@@ -274,7 +299,7 @@ def _reproducing(argv: list[str], steps: int) -> list[str]:
         if a in ("--steps", "--max-minutes"):
             skip = True
             continue
-        if not a.startswith(("--steps=", "--max-minutes=")):
+        if a != "--resume" and not a.startswith(("--steps=", "--max-minutes=")):
             out.append(a)
     return out + ["--steps", str(steps)]
 
@@ -300,8 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     model = Denoiser(unet, text_encoder, tokenizer)
     ema = copy.deepcopy(model).requires_grad_(False)
     sqrt_abar = alphas_cumprod(get_preset(PRESET).config_json("scheduler")).float().sqrt()
-    log = train_denoiser(model, ema, ae, latents, data, sqrt_abar, args)
-    lap("denoiser_s")
+    log, timings["denoiser_s"] = train_denoiser(model, ema, ae, latents, data, sqrt_abar, args)
+    timings["denoiser_s"] = round(timings["denoiser_s"], 1)
     steps_done = log[-1]["step"]
     command = [a for a in (argv if argv is not None else sys.argv[1:])]
     record = {

@@ -237,7 +237,7 @@ def train_denoiser(model: Denoiser, ema: Denoiser, ae: PatchAutoencoder, latents
             decay = min(args.ema, (1 + step) / (10 + step))  # warm-up: forget the random start quickly
             for e, p in zip(ema.parameters(), model.parameters()):
                 e.lerp_(p, 1 - decay)
-        window.append((float(loss), float(latent_loss)))
+        window.append((loss.item(), latent_loss.item()))
         bar.set_postfix(loss=f"{np.mean([w[0] for w in window[-50:]]):.4f}", latent=f"{np.mean([w[1] for w in window[-50:]]):.4f}")
         last = step + 1 == args.steps or time.monotonic() > deadline
         if (step + 1) % args.sample_every == 0 or last:
@@ -306,6 +306,7 @@ def _reproducing(argv: list[str], steps: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    commit = git_commit()  # the code that trains, not whatever is checked out when it ends
     torch.set_num_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     timings, started = {}, time.monotonic()
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "command": "nice -n 19 python -m models.training.train " + shlex.join(_reproducing(command, steps_done)),
         "steps": steps_done,
-        "commit": git_commit(),
+        "commit": commit,
         "seed": args.seed,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "data": f"{args.samples} crops of {args.size}px: scikit-image sample photos (held out: chelsea, coffee) "

@@ -43,21 +43,26 @@ def base_url():
         yield url
 
 
+def launch_chromium(playwright, *fake_media: str):
+    """Headless Chromium with fake media devices (their files as `--use-file-for-fake-…-capture=PATH` in
+    `fake_media`), its WebRTC and name lookups kept on loopback."""
+    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
+    return playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                      headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        *fake_media, "--disable-background-networking", "--disable-component-update",
+        "--allow-loopback-in-peer-connection", f"--disable-features={features}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ])
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     folder = tmp_path_factory.mktemp("media")
     clip = write_y4m(folder / "clip.y4m")
     tone = make_tone_file(folder / "tone.wav", seconds=2.0)
-    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                             headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={clip}", f"--use-file-for-fake-audio-capture={tone}",
-            "--disable-background-networking", "--disable-component-update",
-            "--allow-loopback-in-peer-connection", f"--disable-features={features}",
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        ])
+        browser = launch_chromium(playwright, f"--use-file-for-fake-video-capture={clip}", f"--use-file-for-fake-audio-capture={tone}")
         yield browser
         browser.close()
 

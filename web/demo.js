@@ -1,5 +1,7 @@
 // latentcast browser demo: camera or screen -> WebRTC (or, as a fallback, the WebSocket API) ->
-// generated video beside it. `?transport=websocket` picks the socket from the start.
+// generated video beside it. `?transport=websocket` picks the socket from the start. With an
+// audio-to-audio pipeline the page is a talk client instead: microphone -> WebRTC -> the spoken
+// answer plays back, and the conversation is listed turn by turn.
 import { buildControls } from "./controls.js";
 import { FLAG_REUSED, FORMAT, KIND, MIME, PROTOCOL_VERSION, packMedia, unpackMedia } from "./protocol.js";
 import { openWebRtc } from "./webrtc.js";
@@ -8,11 +10,15 @@ const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
 const MAX_BUFFERED = 1 << 20; // bytes queued in the socket before capture skips a frame
 const MAX_SIDE = 640;         // captured frames are scaled down to this when the pipeline has no size
+const HAS_WEBRTC = "RTCPeerConnection" in window;
+const LISTENING = "listening: ask something, then pause";
+const TALK_NEEDS_WEBRTC = "talking needs WebRTC, which this browser does not have (this page sends no audio over the WebSocket)";
 
 // Everything a person or a test wants to know about the stream, in one place.
 const demo = (window.latentcast = {
   status: "idle", transport: null, peer: null, sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
   acks: [], errors: [], lastAck: null, stats: null, latencyMs: [],
+  turns: [],                 // finished spoken turns of the session, as the server records them (docs/speech.md)
 });
 
 let pipelines = [];
@@ -20,6 +26,8 @@ let controls = null;
 let link = null;           // the open transport: { kind, send(message), close() } (+ socket for the WebSocket)
 let source = null;
 let captureTimer = null;
+let talk = false;          // the selected pipeline is audio-to-audio
+let videoChoice = null;    // source and transport picked for video pipelines, restored after talking
 let params = {};           // parameters in force (from `started` and each `ack`)
 let changed = {};          // edited before start: sent with `start`
 let nextFrameId = 0;
@@ -38,8 +46,12 @@ function setStatus(status, detail = "") {
   demo.status = status;
   $("status").textContent = detail ? `${status}: ${detail}` : status;
   $("status").dataset.state = status;
-  $("start").disabled = status === "connecting" || status === "streaming";
-  $("stop").disabled = !(status === "connecting" || status === "streaming");
+  const live = status === "connecting" || status === "streaming";
+  $("start").disabled = live || status === "unsupported";
+  $("stop").disabled = !live;
+  // What the stream is made of stays as it started: a talk session must not turn into a video page.
+  for (const id of ["source", "transport", "microphone", "pipeline"]) $(id).disabled = live;
+  $("talk-state").textContent = status === "streaming" ? LISTENING : "press Start, allow the microphone, then ask something";
 }
 
 function logError(message) {
@@ -55,6 +67,31 @@ function showPipeline(name) {
   params = { ...pipeline.defaults };
   changed = {};
   controls = buildControls($("params"), pipeline.params_schema, pipeline.defaults, onParamChange);
+  showKind(pipeline.kind === "audio-to-audio");
+}
+
+// An audio pipeline is talked to: the microphone is the source, over WebRTC (the page sends no
+// audio over the WebSocket), and the conversation takes the place of the video figures and rates.
+function showKind(audio) {
+  const source = $("source");
+  const transport = $("transport");
+  if (audio && !talk) videoChoice = { source: source.value, transport: transport.value };
+  talk = audio;
+  for (const option of source.options) {
+    option.disabled = (option.value === "microphone") !== audio || (option.value === "screen" && !navigator.mediaDevices?.getDisplayMedia);
+  }
+  transport.querySelector("[value=websocket]").disabled = audio;
+  if (audio) {
+    source.value = "microphone";
+    transport.value = "webrtc";
+  } else if (videoChoice) {
+    source.value = videoChoice.source;
+    transport.value = videoChoice.transport;
+  }
+  for (const element of document.querySelectorAll(".video-only")) element.hidden = audio;
+  for (const element of document.querySelectorAll(".talk-only")) element.hidden = !audio;
+  if (audio && !HAS_WEBRTC) setStatus("unsupported", TALK_NEEDS_WEBRTC);
+  else if (demo.status === "unsupported") setStatus("idle");
 }
 
 // Last value wins: a field edited again before its update went out replaces the earlier value.
@@ -79,6 +116,9 @@ function sendUpdate(changes) {
 
 async function openSource(kind, audio) {
   if (kind === "none") return null;
+  // The answer plays aloud: the browser's echo canceller keeps it from coming back as the user's
+  // voice (which would interrupt it), and noise suppression keeps the room from starting turns.
+  if (kind === "microphone") return navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } });
   const media = kind === "screen" ? navigator.mediaDevices.getDisplayMedia({ video: true, audio })
     : navigator.mediaDevices.getUserMedia({ video: true, audio });
   const stream = await media;
@@ -88,16 +128,19 @@ async function openSource(kind, audio) {
 }
 
 function startMessage(output) {
+  // An audio pipeline keeps its own SLO (stepped every 20 ms): the rate and budget fields are for video.
+  const slo = talk ? {} : { slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) } };
   return {
-    type: "start", version: PROTOCOL_VERSION, request_id: "start", pipeline: $("pipeline").value, params: changed,
-    slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) }, ...output,
+    type: "start", version: PROTOCOL_VERSION, request_id: "start", pipeline: $("pipeline").value, params: changed, ...slo, ...output,
   };
 }
 
 async function start() {
   setStatus("connecting");
   demo.framesSent = demo.framesReceived = 0;
-  const webrtc = $("transport").value === "webrtc" && "RTCPeerConnection" in window;
+  demo.turns = [];
+  $("turns").replaceChildren();
+  const webrtc = $("transport").value === "webrtc" && HAS_WEBRTC;
   try {
     source = await openSource($("source").value, webrtc && $("microphone").checked);
   } catch (err) {
@@ -106,12 +149,17 @@ async function start() {
   }
   if (webrtc) {
     try {
-      link = await openWebRtc({ source, token, onControl, onOutput: showOutputStream, onClosed: onLinkClosed });
+      link = await openWebRtc({ source, receiveVideo: !talk, token, onControl, onOutput: showOutputStream, onClosed: onLinkClosed });
       demo.peer = link.pc; // getStats() for people and tests
       showTransport("webrtc");
       link.send(startMessage({}));
       return;
     } catch (err) {
+      if (talk) {
+        stopCapture();
+        setStatus("error", `WebRTC did not connect (${err.message}); talking needs it`);
+        return;
+      }
       logError(`WebRTC did not connect (${err.message}); using the WebSocket`);
     }
   }
@@ -151,9 +199,9 @@ function showTransport(kind) {
 }
 
 function showOutputStream(stream) {
-  const video = $("output-video");
-  if (video.srcObject !== stream) video.srcObject = stream;
-  video.play().catch(() => {});
+  const player = talk ? $("answer") : $("output-video");
+  if (player.srcObject !== stream) player.srcObject = stream;
+  player.play().catch(() => {});
 }
 
 function countOutputFrame() {
@@ -196,8 +244,10 @@ function onControl(message) {
     case "stats":
       demo.stats = message;
       showStats();
+      if (message.speech) showConversation(message.speech);
       break;
     case "stopped":
+      if (message.stats?.speech) showConversation(message.stats.speech);
       setStatus("stopped", message.reason);
       if (link?.kind === "webrtc") link.close(); // the socket is closed by the server
       break;
@@ -275,16 +325,52 @@ function percentile(values, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
+const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
 function showStats() {
   const s = demo.stats ?? {};
   const fpsOut = outputTimes.length > 1 ? (outputTimes.length - 1) / ((outputTimes.at(-1) - outputTimes[0]) / 1000) : 0;
   const latency = percentile(demo.latencyMs, 0.5);
-  const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
   $("stats").textContent = [
     `out ${fmt(fpsOut, 1)} fps · in ${fmt(s.fps_in, 1)} fps`,
     `latency ${fmt(latency)} ms (server p50 ${fmt(s.latency_ms?.p50)} / p95 ${fmt(s.latency_ms?.p95)} ms, model ${fmt(s.model_ms?.p50)} ms)`,
     `dropped ${s.dropped_input ?? 0} in / ${s.dropped_output ?? 0} out · skipped ${s.skipped ?? 0} · deadline misses ${s.deadline_misses ?? 0}`,
   ].join("\n");
+}
+
+// Stats carry only a stream's last few finished turns: the page keeps the whole conversation.
+function showConversation(speech) {
+  for (const record of speech.last_turns ?? []) {
+    if (demo.turns.some((t) => t.turn === record.turn)) continue; // a finished turn does not change
+    demo.turns.push(record);
+    $("turns").append(turnItem(record));
+  }
+  if (demo.status === "streaming") $("talk-state").textContent = speech.answering ? "answering…" : LISTENING;
+  const audio = demo.stats?.audio ?? {};
+  $("speech-stats").textContent = [
+    `turns ${speech.turns} · drafts kept ${speech.keep_rate === null ? "–" : fmt(speech.keep_rate * 100)} % · interrupted ${speech.interrupted}`,
+    `speech end → first audio p50 ${fmt(speech.speech_end_to_first_audio_ms?.p50)} / p90 ${fmt(speech.speech_end_to_first_audio_ms?.p90)} ms`,
+    `audio ${audio.chunks_in ?? 0} chunks in / ${audio.chunks_out ?? 0} out`,
+  ].join("\n");
+}
+
+function turnItem(turn) {
+  const line = (className, who, text) => {
+    const p = Object.assign(document.createElement("p"), { className });
+    p.append(Object.assign(document.createElement("b"), { textContent: who }), " ", text);
+    return p;
+  };
+  const draft = turn.kept === true ? `draft kept: “${turn.prefix}”`
+    : turn.kept === false ? `draft discarded: “${turn.draft}”`
+      : turn.mode === "cascaded" ? "no draft (cascaded)" : "no draft";
+  const latency = turn.speech_end_to_first_audio === null ? "no answer audio"
+    : `${fmt(turn.speech_end_to_first_audio, 2)} s from the end of speech to the first audio`;
+  const meta = [draft, latency, ...(turn.interrupted ? ["interrupted"] : []), ...(turn.error ? [`error: ${turn.error}`] : [])];
+  const item = Object.assign(document.createElement("li"), { className: "turn" });
+  item.append(line("you", "you", turn.final_transcript || turn.fast_transcript || "…"),
+    line("bot", "latentcast", turn.heard || "(no answer)"),
+    Object.assign(document.createElement("p"), { className: "meta", textContent: meta.join(" · ") }));
+  return item;
 }
 
 async function init() {
@@ -299,16 +385,15 @@ async function init() {
   pipelines = list.pipelines;
   $("pipeline").replaceChildren(...pipelines.map((p) => new Option(`${p.name} (${p.kind})`, p.name)));
   $("pipeline").value = list.default;
-  showPipeline(list.default);
   $("pipeline").addEventListener("change", () => showPipeline($("pipeline").value));
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
-  if (!navigator.mediaDevices?.getDisplayMedia) $("source").querySelector("[value=screen]").disabled = true;
   const transport = new URLSearchParams(location.search).get("transport");
-  if (transport === "websocket" || !("RTCPeerConnection" in window)) $("transport").value = "websocket";
+  if (transport === "websocket" || !HAS_WEBRTC) $("transport").value = "websocket";
   $("output-video").requestVideoFrameCallback(countOutputFrame);
   setInterval(showStats, 500);
   setStatus("idle");
+  showPipeline(list.default); // after "idle": a talk pipeline in a browser without WebRTC says so
 }
 
 init();

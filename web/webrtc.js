@@ -14,12 +14,14 @@ async function gathered(pc) {
 }
 
 // Resolves once the control channel is open (the caller then sends `start`); rejects when the
-// server refuses the offer or the connection does not come up in time.
-export async function openWebRtc({ source, token, onControl, onOutput, onClosed }) {
+// server refuses the offer or the connection does not come up in time. Video goes both ways with
+// a camera, comes back alone without one (txt2img), and is left out with `receiveVideo: false`
+// (talking: audio both ways only).
+export async function openWebRtc({ source, receiveVideo = true, token, onControl, onOutput, onClosed }) {
   const pc = new RTCPeerConnection();
   const video = source?.getVideoTracks()[0];
   const audio = source?.getAudioTracks()[0];
-  pc.addTransceiver(video ?? "video", { direction: video ? "sendrecv" : "recvonly", streams: source ? [source] : [] });
+  if (video || receiveVideo) pc.addTransceiver(video ?? "video", { direction: video ? "sendrecv" : "recvonly", streams: source ? [source] : [] });
   if (audio) pc.addTransceiver(audio, { direction: "sendrecv", streams: [source] });
   const channel = pc.createDataChannel("control", { ordered: true });
   const output = new MediaStream();

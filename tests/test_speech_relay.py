@@ -296,3 +296,13 @@ def test_pipeline_contract_steps_audio_and_exports_its_turns():
     text = generate_latest(registry).decode()
     assert 'latentcast_speech_turns_total{pipeline="relay-speech"} 1.0' in text
     assert 'latentcast_speech_seconds{measure="speech_end_to_first_audio",pipeline="relay-speech",quantile="0.50"}' in text
+
+
+def test_whisper_saying_the_utterance_twice_is_caught_but_a_repeated_word_is_not():
+    from models.speech.asr import ends_in_repeat
+
+    assert ends_in_repeat([7, 1, 2, 3, 4, 1, 2, 3, 4])
+    assert ends_in_repeat([5, 6, 7, 5, 6, 7])
+    assert not ends_in_repeat([1, 2, 2, 3])          # "very very good": people say that
+    assert not ends_in_repeat([1, 2, 3, 1, 2, 4])
+    assert not ends_in_repeat([])

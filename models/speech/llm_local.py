@@ -16,6 +16,12 @@ import numpy as np
 from models.speech.llm import Cancelled, Draft, Message, token_scores, words_in
 
 
+# Greedy decoding of a small model falls into loops ("The answer is: The answer is: ..."), above
+# all after a forced prefix; penalising tokens it has generated ends them. The draft keeps plain
+# greedy scores: they are the verifier's evidence.
+REPETITION_PENALTY = 1.2
+
+
 class LocalChatModel:
     def __init__(self, model_dir: Path, threads: int = 2, device: str = "cpu", compute_type: str = "int8"):
         import ctranslate2
@@ -85,7 +91,7 @@ class LocalChatModel:
         emitted = ""
         with self._lock:
             steps = self._generator.generate_tokens(rest, static_prompt=static, max_length=max_tokens, end_token=self._end_token,
-                                                    sampling_topk=1)
+                                                    sampling_topk=1, repetition_penalty=REPETITION_PENALTY)
             try:
                 for step in steps:
                     if cancelled and cancelled():

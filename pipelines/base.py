@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
@@ -112,7 +112,8 @@ def changed_fields(old: BaseModel, new: BaseModel) -> list[str]:
     return [name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)]
 
 
-def reset_in_place(state: Any, new: BaseModel, changed: list[str], in_flight: int, build_state: Any) -> UpdateResult | None:
+def reset_in_place(state: Any, new: BaseModel, changed: list[str], in_flight: int,
+                   build_state: Callable[[Any, str], Any]) -> UpdateResult | None:
     """Restart a stream under `new` when any changed parameter is reset-class; None otherwise.
 
     The state object is rebuilt in place (the server holds references to it) and frame ids go on

@@ -109,6 +109,8 @@ async def test_barge_in_stops_the_answer_and_the_context_keeps_what_was_played(s
         # Interrupt once the continuation plays (the prefix is about 1.5 s of speech).
         heard_enough = await talker.room_until(_heard(talker, said.started_at, seconds=3.0), timeout=180)
         assert heard_enough, "no answer audio"
+        playing = (await speech_stats(client))["answering"]  # the turn being answered, before it ends
+        assert playing["turn"] == 1 and "dragon" in playing["final_transcript"].lower() and playing["first_audio_at"]
         interruption = question(user_voice, "Stop, please wait.", seed=3)
         start = int(interruption.speech_start_s * RATE)
         onset = await talker.send(interruption.audio[:start + 320]) - 0.02  # its first voiced chunk left then

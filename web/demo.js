@@ -345,7 +345,8 @@ function showConversation(speech) {
     demo.turns.push(record);
     $("turns").append(turnItem(record));
   }
-  if (demo.status === "streaming") $("talk-state").textContent = speech.answering ? "answering…" : LISTENING;
+  const asked = speech.answering?.final_transcript || speech.answering?.fast_transcript;
+  if (demo.status === "streaming") $("talk-state").textContent = speech.answering ? `answering${asked ? ` “${asked}”` : ""}…` : LISTENING;
   const audio = demo.stats?.audio ?? {};
   $("speech-stats").textContent = [
     `turns ${speech.turns} · drafts kept ${speech.keep_rate === null ? "–" : fmt(speech.keep_rate * 100)} % · interrupted ${speech.interrupted}`,

@@ -79,9 +79,11 @@ class RelaySpeechPipeline:
 
     def stream_stats(self, state: RelaySpeechState) -> dict:
         """The `speech` section of a stream's stats message: turn percentiles, the last turns, the
-        conversation as the LLM sees it."""
+        turn being answered (so far: a client can show the user's words before the answer ends),
+        the conversation as the LLM sees it."""
         relay = state.relay
-        return {"speech": {**state.stats.snapshot(last=3), "answering": relay.answer is not None,
+        answer = relay.answer
+        return {"speech": {**state.stats.snapshot(last=3), "answering": answer.record.to_dict() if answer is not None else None,
                            "context": relay.conversation.history, "voices": list(self.models.voices),
                            "models": self.models.description}}
 

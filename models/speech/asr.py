@@ -77,9 +77,9 @@ class WhisperTranscriber:
 
         features = self._model.feature_extractor(audio)
         frames = int(window_s * self._frames_per_s)
-        window = np.zeros((1, features.shape[0], frames), np.float32)  # log-mel of silence is what padding gives
+        # After the speech, silence: the log-mel floor, as Whisper's own padding of the audio gives.
+        window = np.full((1, features.shape[0], frames), features.min(), np.float32)
         window[0, :, :min(frames, features.shape[1])] = features[:, :frames]
-        window[0, :, features.shape[1]:] = features.min()
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(window))
         result = self._model.model.generate(
             encoded, [self._prompt], beam_size=beam_size, max_length=len(self._prompt) + int(self.TOKENS_PER_S * window_s),

@@ -7,33 +7,14 @@ asyncio tests that run after it).
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
+from playwright import sync_api
 
+from browser import launch_chromium, open_page, write_y4m
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from pipelines.passthrough import PassthroughPipeline
-
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                                reason="Debian chromium is not installed (.ci/run installs it)")
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def write_y4m(path: Path, width: int = 160, height: int = 120, frames: int = 30, fps: int = 15) -> Path:
-    """A 4:2:0 clip with a moving bar (Chromium's fake camera loops it)."""
-    with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for i in range(frames):
-            luma = np.tile(np.linspace(16, 235, width, dtype=np.uint8), (height, 1))
-            luma[:, (i * 5) % width:(i * 5) % width + 8] = 235
-            out.write(b"FRAME\n" + luma.tobytes() + bytes([128]) * (width * height // 2))
-    return path
-
 
 @pytest.fixture(scope="module")
 def base_url():
@@ -46,21 +27,13 @@ def base_url():
 def browser(tmp_path_factory):
     clip = write_y4m(tmp_path_factory.mktemp("camera") / "clip.y4m")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                             headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={clip}", "--disable-background-networking", "--disable-component-update",
-        ])
+        browser = launch_chromium(playwright, f"--use-file-for-fake-video-capture={clip}")
         yield browser
         browser.close()
 
 
 def test_demo_streams_the_camera_and_applies_a_prompt_change(base_url, browser):
-    page = browser.new_page()
-    console_errors: list[str] = []
-    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: console_errors.append(str(error)))
-    page.goto(base_url + "/?transport=websocket")  # the WebSocket path (WebRTC is the default)
+    page, console_errors = open_page(browser, base_url + "/?transport=websocket")  # the WebSocket path (WebRTC is the default)
     page.wait_for_function("window.latentcast && window.latentcast.status === 'idle'", timeout=15_000)
     assert page.locator("#param-prompt").count() == 1 and page.locator("#param-strength").count() == 1
 

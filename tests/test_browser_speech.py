@@ -10,24 +10,20 @@ asyncio tests that run after it)."""
 
 from __future__ import annotations
 
-import shutil
 import wave
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
 
+from browser import launch_chromium, open_page
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline
 from models.speech.audio import to_int16
 from models.speech.stimuli import speak
 from models.speech.verifier import normalized_words
-from test_browser_demo import CHROMIUM
-from test_browser_webrtc import launch_chromium, open_page
 
-pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                                 reason="Debian chromium is not installed (.ci/run installs it)"),
-              pytest.mark.usefixtures("loopback_ice"), pytest.mark.timeout(150)]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.timeout(150)]
 
 QUESTION = "What is the capital of France?"
 # The microphone's file plays from getUserMedia on: the lead covers the connection coming up.

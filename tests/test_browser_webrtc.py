@@ -7,53 +7,25 @@ asyncio tests that run after it)."""
 
 from __future__ import annotations
 
-import re
-import shutil
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
+from playwright import sync_api
 
+from browser import launch_chromium, open_page, write_y4m
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from media import make_tone_file
 from pipelines.passthrough import PassthroughPipeline
-from streaming.webrtc.loopback import loopback_only_ice
-from test_browser_demo import CHROMIUM, write_y4m
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which("chromium"),
-                                reason="Debian chromium is not installed (.ci/run installs it)")
-sync_api = pytest.importorskip("playwright.sync_api")
-
-# Chromium keeps only the last --disable-features, so Playwright's own list is repeated with ours.
-_FEATURES = re.compile(r"disabledFeatures = \[(.*?)\]", re.S)
-
-
-def playwright_disabled_features() -> list[str]:
-    bundle = Path(sync_api.__file__).parent.parent / "driver" / "package" / "lib" / "coreBundle.js"
-    match = _FEATURES.search(bundle.read_text()) if bundle.exists() else None
-    return re.findall(r'"(\w+)"', match.group(1)) if match else []
+pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 
 @pytest.fixture(scope="module")
 def base_url():
     pipelines = {"tint": TintPipeline(), "passthrough": PassthroughPipeline()}
-    with loopback_only_ice(), serve_in_thread(make_settings(stats_interval_s=0.5), lambda: pipelines) as url:
+    with serve_in_thread(make_settings(stats_interval_s=0.5), lambda: pipelines) as url:
         yield url
-
-
-def launch_chromium(playwright, *fake_media: str):
-    """Headless Chromium with fake media devices (their files as `--use-file-for-fake-…-capture=PATH` in
-    `fake_media`), its WebRTC and name lookups kept on loopback."""
-    features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
-    return playwright.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                      headless=True, args=[
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        *fake_media, "--disable-background-networking", "--disable-component-update",
-        "--allow-loopback-in-peer-connection", f"--disable-features={features}",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ])
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +37,6 @@ def browser(tmp_path_factory):
         browser = launch_chromium(playwright, f"--use-file-for-fake-video-capture={clip}", f"--use-file-for-fake-audio-capture={tone}")
         yield browser
         browser.close()
-
-
-def open_page(browser, url: str):
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url)
-    return page, errors
 
 
 def output_pixel(page) -> list[int]:

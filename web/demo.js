@@ -298,9 +298,11 @@ function startCapture() {
     const pts = performance.now() / 1000;
     const frameId = nextFrameId++;
     canvas.toBlob(async (blob) => {
-      if (!blob || !socket || socket.readyState !== WebSocket.OPEN) return;
+      const payload = blob && (await blob.arrayBuffer());
+      // Checked after the encoding and the read: the socket may have closed (Stop) meanwhile.
+      if (!payload || socket.readyState !== WebSocket.OPEN) return;
       const header = { kind: KIND.video, format: FORMAT.jpeg, frameId, pts, width, height };
-      socket.send(packMedia(header, await blob.arrayBuffer()));
+      socket.send(packMedia(header, payload));
       demo.framesSent += 1;
     }, "image/jpeg", 0.85);
   };

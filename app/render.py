@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from app.cli import add_model_arguments, settings_from_args
-from pipelines.base import ParamError, Pipeline, PipelineKind, validation_to_param_error
+from pipelines.base import ParamError, Pipeline, validation_to_param_error
 from pipelines.registry import PipelinePlanError, UnknownPipelineError, load_pipeline, plan_pipelines
 from streaming.frames import VideoFrame
 from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
@@ -134,7 +134,7 @@ def _render(args: argparse.Namespace) -> int:
         writer = stack.enter_context(VideoFileWriter(
             args.output, frame_rate=frame_rate, time_base=time_base, audio_from=audio_from, crf=args.crf))
         pipeline = load_pipeline(pipeline_name, settings.model_options(preset, settings.model_dir))
-        multiple = _size_multiple(pipeline)
+        multiple = pipeline.size_multiple
         for name in ("width", "height"):
             if getattr(args, name) is not None and getattr(args, name) % multiple:
                 raise UsageError(f"--{name} must be a multiple of {multiple} for the {pipeline.name} pipeline, "
@@ -143,7 +143,7 @@ def _render(args: argparse.Namespace) -> int:
             size = (args.width, args.height) if args.width and args.height else None
         else:
             size = _output_size(args.width, args.height, reader.info.width, reader.info.height, multiple)
-        state = pipeline.new_state(_stream_params(args, pipeline, reader is None, size))
+        state = pipeline.new_state(_stream_params(args, pipeline, reader is not None, size))
 
         if reader is None:
             outputs = _generated(pipeline, state, args.frames, frame_rate)
@@ -183,13 +183,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("the output would overwrite the input; choose another output name")
 
 
-def _size_multiple(pipeline: Pipeline) -> int:
-    """What the output's sides must be a multiple of: the pipeline's own step (8 for latent
-    diffusion, 16 for Wan video), and at least 2 for the encoders' 4:2:0 chroma."""
-    fields = pipeline.params_model.model_json_schema().get("properties", {})
-    return max(2, int(fields.get("width", {}).get("multipleOf", 2)))
-
-
 def _output_size(width: int | None, height: int | None, in_width: int, in_height: int, multiple: int) -> tuple[int, int]:
     """The requested size; a missing side follows the input's aspect, rounded down to `multiple`."""
     if width is None and height is None:
@@ -203,27 +196,23 @@ def _output_size(width: int | None, height: int | None, in_width: int, in_height
     return width // multiple * multiple, height // multiple * multiple
 
 
-def _stream_params(args: argparse.Namespace, pipeline: Pipeline, txt2img: bool,
+def _stream_params(args: argparse.Namespace, pipeline: Pipeline, has_input: bool,
                    size: tuple[int, int] | None) -> dict[str, Any]:
-    """The stream's parameters: what the user gave, plus mode and size; the preset fills the rest."""
+    """The stream's parameters: the flags the user gave, adjusted by the pipeline to run on the
+    input video (or without one) at `size`; the preset fills the rest."""
     fields = pipeline.params_model.model_fields
-    params = {}
+    given = {}
     for dest, name in PARAM_OF_FLAG.items():
         value = getattr(args, dest)
         if value is None:
             continue
         if name not in fields:
             raise UsageError(f"the {pipeline.name} pipeline does not take --{dest.replace('_', '-')}")
-        params[name] = value
-    if txt2img and "mode" not in fields and pipeline.kind is not PipelineKind.TEXT_TO_VIDEO:
-        raise UsageError(f"pipeline {pipeline.name!r} needs an input video")
-    if "mode" in fields:
-        params["mode"] = "txt2img" if txt2img else "img2img"
-    if txt2img and args.cfg is None and "cfg_type" in fields:
-        params["cfg_type"] = "none"  # self and onetime measure their residual against an input image
-    if size is not None and "width" in fields and "height" in fields:
-        params["width"], params["height"] = size
-    return params
+        given[name] = value
+    try:
+        return pipeline.render_params(given, has_input=has_input, size=size)
+    except ParamError as err:
+        raise UsageError(str(err)) from None
 
 
 def _transformed(pipeline: Pipeline, state: Any, frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:

@@ -61,9 +61,10 @@ async def update_session(session_id: str, body: SessionUpdate, context: ServerCo
 
 @router.get("/{session_id}/stats", responses=_ERRORS)
 async def session_stats(session_id: str, context: ServerContext = Depends(server_context)) -> dict:
-    """Time to first frame, fps in and out, latency percentiles, drops, deadline misses, queue wait, model time."""
+    """Time to first frame, fps in and out, latency percentiles, drops, deadline misses, queue wait, model time,
+    the parameters in force and the quality level."""
     session = context.sessions.get(session_id)
-    return {"session_id": session.id, "pipeline": session.pipeline_name, **session.stats.snapshot()}
+    return {"session_id": session.id, "pipeline": session.pipeline_name, **session.stats_snapshot()}
 
 
 @router.delete("/{session_id}", status_code=204, responses=_ERRORS)

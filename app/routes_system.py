@@ -20,12 +20,14 @@ router = APIRouter(tags=["server"])
 
 @router.get("/health", responses={503: {"description": "still loading, or loading failed"}})
 async def health(context: ServerContext = Depends(server_context)) -> JSONResponse:
-    """`ready` once the models are loaded and warm; 503 while `loading` or after a `failed` load."""
+    """`ready` once the models are loaded and warm; 503 while `loading` or after a `failed` load. `step_costs_ms`:
+    the measured cost of a step per pipeline and batch composition (cost shape * streams), which admission
+    control and the scheduler plan with."""
     worker = context.worker
     status = "ready" if worker.ready.is_set() else "failed" if worker.failed else "loading"
     body = {"status": status, "version": __version__, "protocol": PROTOCOL_VERSION,
             "pipelines": list(worker.pipelines), "sessions": len(context.sessions.sessions),
-            "max_sessions": context.sessions.max_sessions}
+            "max_sessions": context.sessions.max_sessions, "step_costs_ms": worker.costs.snapshot()}
     if worker.failed:
         body["error"] = str(worker.failed)
     return JSONResponse(body, status_code=200 if status == "ready" else 503)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 
 import numpy as np
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
@@ -22,10 +21,10 @@ from streaming.codec import encode_image
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk, EncodedFrame
 from streaming.ingest import LatestDecoder
-from streaming.pacing import PtsPacer
+from streaming.output_queue import PacedOutput
 from streaming.control import ControlProtocol
 from streaming.protocol import (
-    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, StartMessage, pack_media,
+    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, SloSpec, StartMessage, pack_media,
     unpack_media,
 )
 from streaming.session import OutputAudio, OutputFrame, Session, SessionEvent
@@ -33,7 +32,6 @@ from streaming.session import OutputAudio, OutputFrame, Session, SessionEvent
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-OUTPUT_BACKLOG = 32         # most generated frames waiting to be encoded, paced and sent
 AUDIO_RATES = range(8000, 192001)
 AUDIO_MAX_CHANNELS = 8
 
@@ -55,10 +53,10 @@ class StreamConnection(ControlProtocol):
         self.output = OutputSpec()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._send_lock = asyncio.Lock()
-        self._frames: deque[OutputFrame] = deque()
-        self._frames_ready = asyncio.Event()
+        slo = SloSpec()  # until the session says its own
+        self._output: PacedOutput[OutputFrame] = PacedOutput(lambda item: item.frame, slo.target_fps, slo.latency_budget_ms / 1000,
+                                                             on_dropped=self._count_dropped_output)
         self._decoder: LatestDecoder | None = None
-        self._pacer = PtsPacer(max_wait=1 / 30)
         self._closing = False
 
     async def run(self) -> None:
@@ -98,16 +96,17 @@ class StreamConnection(ControlProtocol):
 
     def on_started(self, session: Session, message: StartMessage) -> dict:
         self.output = message.output
-        self._pacer = PtsPacer(max_wait=1 / session.slo.target_fps)
+        self.on_slo_changed(session)
         self._decoder = LatestDecoder(self.context.codec_pool, session.push_video, self._on_decode_error, session.count_dropped_input)
         self.spawn(self._send_frames())
         return {"output": self.output.model_dump()}
 
     def on_slo_changed(self, session: Session) -> None:
-        self._pacer.max_wait = 1 / session.slo.target_fps
+        self._output.set_slo(session.slo.target_fps, session.slo.latency_budget_ms / 1000)
 
     async def close_transport(self) -> None:
         self._closing = True
+        self._output.close()
         async with self._send_lock:
             with contextlib.suppress(RuntimeError, ConnectionError):
                 await self.ws.close(1000)
@@ -177,41 +176,30 @@ class StreamConnection(ControlProtocol):
         if self._closing:
             return
         if isinstance(event, OutputFrame):
-            # A burst (a chunk of frames from one step) waits to be paced out; frames a slow client
-            # has let age past the latency budget are dropped rather than sent late.
-            stale_before = time.monotonic() - self.session.slo.latency_budget_ms / 1000
-            while self._frames and (len(self._frames) >= OUTPUT_BACKLOG or self._frames[0].frame.timestamps["finished"] < stale_before):
-                self._frames.popleft()
-                self.session.count_dropped_output()
-            self._frames.append(event)
-            self._frames_ready.set()
+            self._output.push(event)  # paced out by pts, or dropped if a slow client lets it go stale or fall behind
         elif isinstance(event, OutputAudio):
             chunk = event.chunk
             header = MediaHeader(MediaKind.AUDIO, MediaFormat.PCM_S16LE, chunk.chunk_id, chunk.pts, chunk.sample_rate, chunk.channels)
-            self.spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_out))
+            self.spawn(self._send_bytes(pack_media(header, chunk.samples.astype("<i2").tobytes()), on_sent=self._count_audio_sent))
         else:
             self.spawn(self.on_control_event(event))
 
-    def _count_audio_out(self) -> None:
-        self.session.stats.count("audio_chunks_out")
+    def _count_audio_sent(self) -> None:
+        self.session.count_audio_sent()
+
+    def _count_dropped_output(self) -> None:
+        self.session.count_dropped_output()
 
     async def _send_frames(self) -> None:
         fmt = self.output.format
-        while True:
-            await self._frames_ready.wait()
-            self._frames_ready.clear()
-            while self._frames:
-                item = self._frames.popleft()
-                frame = item.frame
-                payload = await self._loop.run_in_executor(self.context.codec_pool, encode_image, frame.image, fmt, self.output.quality)
-                delay = self._pacer.delay(frame.pts, time.monotonic())
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                header = MediaHeader(MediaKind.VIDEO, VIDEO_FORMATS[fmt], frame.frame_id, frame.pts, frame.width, frame.height,
-                                     FLAG_REUSED if item.reused else 0)
-                await self._send_bytes(pack_media(header, payload))
-                frame.stamp("sent")
-                self.session.record_sent(frame)
+        while (item := await self._output.take()) is not None:
+            frame = item.frame
+            payload = await self._loop.run_in_executor(self.context.codec_pool, encode_image, frame.image, fmt, self.output.quality)
+            header = MediaHeader(MediaKind.VIDEO, VIDEO_FORMATS[fmt], frame.frame_id, frame.pts, frame.width, frame.height,
+                                 FLAG_REUSED if item.reused else 0)
+            await self._send_bytes(pack_media(header, payload))
+            frame.stamp("sent")
+            self.session.record_sent(frame)
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -228,6 +216,7 @@ class StreamConnection(ControlProtocol):
     def _teardown(self) -> None:
         """Whatever ended the connection, the session and everything it holds go now."""
         self._closing = True
+        self._output.close()
         self.cancel_tasks()
         if self._decoder is not None:
             self._decoder.close()

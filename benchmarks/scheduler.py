@@ -146,7 +146,7 @@ def stage_comparison(preset: str, devices: list[str], size: int, chunks: int = 1
     rows = [(f"1 process ({devices[0]})", run(load_pipeline("rolling-kv-video", options)))]
     pipe = load_pipeline("rolling-kv-video", options)
     counts = balanced_split(pipe.models.transformer.config.num_layers, [1.0] * len(devices), [0.0] * len(devices))
-    group = StageGroup(devices, {"v": HostSpec("pipelines.rolling_kv.stages:LayerStageHost", {"source": pipe.source, "counts": counts})})
+    group = StageGroup(devices, {"v": HostSpec("pipelines.rolling_kv.stages:LayerStageHost", {"source": pipe.models.source, "counts": counts})})
     try:
         split_across(pipe, group, counts, "v")
         rows.append((f"{len(devices)} processes ({'+'.join(map(str, counts))} layers on {','.join(devices)})", run(pipe)))

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from models.presets import DiffusionPreset
+from models.source import ModelSource
 
 
 @dataclass
@@ -49,6 +50,8 @@ class DiffusionModels:
     prediction_type: str  # "epsilon", "v_prediction" or "sample"
     device: torch.device
     dtype: torch.dtype
+    source: ModelSource
+    """How to load the same weights elsewhere (a stage process on another device)."""
 
     @property
     def latent_channels(self) -> int:

@@ -19,6 +19,7 @@ import torch
 from models.device import resolve_device, resolve_dtype
 from models.diffusion import DiffusionModels
 from models.presets import DiffusionPreset, get_preset
+from models.source import ModelSource
 from models.tokenizer import build_byte_tokenizer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def load_diffusion_models(
     random_weights: bool = False,
     seed: int = 0,
 ) -> DiffusionModels:
+    source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights, "seed": seed})
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -64,6 +66,7 @@ def load_diffusion_models(
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
         device=dev,
         dtype=dt,
+        source=source,
     )
 
 

@@ -3,13 +3,12 @@ measuring the server's own latency with nothing else in the way."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.base import PipelineKind, StepOutput, UpdateResult, merge_params, parse_params
+from pipelines.base import Pipeline, PipelineKind, PipelineState, StepOutput
 from streaming.frames import VideoFrame
 
 
@@ -17,23 +16,18 @@ class PassthroughParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-@dataclass
-class PassthroughState:
+@dataclass(eq=False)
+class PassthroughState(PipelineState):
     params: PassthroughParams
-    stream_id: str = ""
 
 
-class PassthroughPipeline:
+class PassthroughPipeline(Pipeline[PassthroughState]):
     name = "passthrough"
     kind = PipelineKind.VIDEO_TO_VIDEO
     params_model = PassthroughParams
 
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> PassthroughState:
-        return PassthroughState(parse_params(PassthroughParams, params), stream_id)
-
-    def update(self, state: PassthroughState, changes: Mapping[str, Any]) -> UpdateResult:
-        state.params = merge_params(state.params, changes)
-        return UpdateResult(applied=sorted(changes))
+    def build_state(self, params: PassthroughParams, stream_id: str) -> PassthroughState:
+        return PassthroughState(params=params, stream_id=stream_id)
 
     def step(self, batch: Sequence[tuple[PassthroughState, VideoFrame | None]]) -> list[StepOutput]:
         return [StepOutput(frames=[frame.with_image(frame.image)] if frame is not None else [], consumed=frame is not None) for _, frame in batch]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,3 +33,12 @@ def tensor_to_pictures(images: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, H, W) in [-1, 1] -> B arrays (H, W, 3) uint8, with one device-to-host copy."""
     pixels = ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return list(pixels)
+
+
+def picture_render_params(given: Mapping[str, Any], has_input: bool, size: tuple[int, int] | None) -> dict[str, Any]:
+    """An offline render's parameters for a picture pipeline with both modes (`mode`: img2img on
+    an input video, txt2img without one) and an output size (`width`, `height`)."""
+    params = {**given, "mode": "img2img" if has_input else "txt2img"}
+    if size is not None:
+        params["width"], params["height"] = size
+    return params

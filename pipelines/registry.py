@@ -151,6 +151,4 @@ def load_pipeline(name: str, options: ModelOptions | None = None) -> Pipeline:
         import torch
 
         torch.set_num_threads(options.threads)
-    pipeline = builder(options)
-    pipeline.source = (name, options)  # so other processes can build the same models (streaming.stages)
-    return pipeline
+    return builder(options)

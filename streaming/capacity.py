@@ -16,8 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.scheduling import shape_work
-from streaming.costs import CostModel, Shape
+from streaming.costs import CostModel, Shape, shape_work
 
 CAPACITY = 0.9   # share of the worker's time the forecast may plan for: a margin for noisy estimates
 FPS_TOLERANCE = 0.95  # a session served at 95% of its target rate still counts as meeting it

@@ -22,6 +22,7 @@ from streaming.protocol import (
 )
 from streaming.session import QualityChanged, Session, SessionClosed, SessionEvent, StreamNotice
 from streaming.sessions import SessionManager
+from streaming.stats import StatCount
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class ControlProtocol:
         info = sessions.info(session)
         await self.send_json({"type": "started", "request_id": message.request_id, "session_id": session.id,
                               "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
-                              "needs_input": session.needs_input, "params": info.params, "slo": info.slo.model_dump(),
+                              "needs_input": info.needs_input, "params": info.params, "slo": info.slo.model_dump(),
                               "slo_estimate": session.admitted_estimate, **extra})
 
     def _queued_reporter(self, request_id: str | None):
@@ -158,7 +159,7 @@ class ControlProtocol:
     def stats_message(self, request_id: str | None) -> dict:
         session = self.session
         return {"type": "stats", "request_id": request_id, "session_id": session.id, "pipeline": session.pipeline_name,
-                **session.stats.snapshot()}
+                **session.stats_snapshot()}
 
     async def _push_stats(self) -> None:
         while True:
@@ -182,7 +183,7 @@ class ControlProtocol:
     async def send_error(self, err: StreamError, request_id: str | None = None, frame_id: int | None = None) -> None:
         self.metrics.errors.labels(err.code.value).inc()
         if self.session is not None:
-            self.session.stats.count("errors")
+            self.session.stats.count(StatCount.ERRORS)
         body = {"type": "error", **err.to_dict()}
         if request_id is not None:
             body["request_id"] = request_id

@@ -9,17 +9,21 @@ nearly free), on a CPU almost all of it is per stream, and the fit learns which.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipelines.scheduling import shape_work
-
 Shape = tuple[int, ...]
 Composition = tuple[tuple[Shape, int], ...]
 
 EMA = 0.2  # weight of a new measurement: about the last five steps
+
+
+def shape_work(shape: Shape) -> float:
+    """Relative amount of work of a cost shape (its product), for shapes never measured together."""
+    return float(math.prod(shape)) if shape else 1.0
 
 
 def composition(shapes: Iterable[Shape]) -> Composition:

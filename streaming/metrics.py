@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from pipelines.base import Pipeline
 
 disable_created_metrics()  # the `_created` twin of every series only doubles the scrape
 
@@ -44,17 +44,15 @@ class SessionSample:
 
 
 class _PipelineCollector(Collector):
-    """Series a pipeline keeps itself (its `metric_families(name)`, when it has one), read at
-    each scrape: the relay-speech pipeline's per-turn latencies, for instance."""
+    """Series a pipeline keeps itself (its `metric_families(name)`), read at each scrape: the
+    relay-speech pipeline's per-turn latencies, for instance."""
 
-    def __init__(self, pipelines: Callable[[], Iterable[tuple[str, Any]]]):
+    def __init__(self, pipelines: Callable[[], Iterable[tuple[str, Pipeline]]]):
         self._pipelines = pipelines
 
     def collect(self):
         for name, pipeline in self._pipelines():
-            families = getattr(pipeline, "metric_families", None)
-            if families is not None:
-                yield from families(name)
+            yield from pipeline.metric_families(name)
 
 
 class _SessionCollector(Collector):
@@ -111,7 +109,7 @@ class ServerMetrics:
         """Export per-session gauges read from `sessions()` at each scrape."""
         self.registry.register(_SessionCollector(sessions))
 
-    def track_pipelines(self, pipelines: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+    def track_pipelines(self, pipelines: Callable[[], Iterable[tuple[str, Pipeline]]]) -> None:
         """Export the series pipelines keep themselves, from `(name, pipeline)` pairs at each scrape."""
         self.registry.register(_PipelineCollector(pipelines))
 

@@ -27,9 +27,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipelines.scheduling import shape_work
 from streaming.capacity import CAPACITY, Demand, forecast, max_min_shares
-from streaming.costs import CostModel, Shape
+from streaming.costs import CostModel, Shape, shape_work
 
 GATHER_SHARE = 0.25    # of the step's cost, that ready inputs may wait for their batch-mates
 GATHER_CAP_S = 0.010

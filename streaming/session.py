@@ -1,25 +1,27 @@
-"""One stream: its pipeline, parameters, SLO, per-stream pipeline state, input holders and stats.
+"""One stream: its pipeline, per-stream pipeline state, SLO, input holders and stats.
 
-The event loop writes inputs into the holders; the compute worker owns `state` and `params` and
-reports back through `emit`, which the transport attached to the session turns into messages.
+The event loop writes inputs into the holders; the compute worker owns `state` and reports back
+through `emit`, which the transport attached to the session turns into messages. The parameters
+in force are the state's (`Session.params` reads them): the pipeline's `update` is the only
+thing that changes them, so every reader sees the same values.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from pipelines.base import Pipeline, PipelineKind
+from pipelines.base import Pipeline, PipelineState
 from streaming.errors import StreamError
 from streaming.frames import AudioChunk, VideoFrame
 from streaming.metrics import PipelineMetrics
 from streaming.protocol import SloSpec
 from streaming.slots import AudioFifo, LatestSlot
-from streaming.stats import SessionStats
+from streaming.stats import SessionStats, StatCount
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,8 @@ class StreamNotice:
 @dataclass(frozen=True, slots=True)
 class QualityChanged:
     """The server lowered (or restored) the stream's quality under load, as its SLO allows:
-    `changes` are the parameters now in force, `level` how many steps below what it asked for."""
+    `changes` are the values now in force of the parameters that changed, `level` how many steps
+    below what it asked for."""
 
     direction: str      # "down" or "up"
     knob: str           # "steps", "resolution" or "chunk"
@@ -56,10 +59,23 @@ class QualityChanged:
 
 @dataclass(frozen=True, slots=True)
 class QualityLevel:
-    """One applied step down: the knob, and the values it replaced (restored on the way up)."""
+    """One applied step down: the knob, the values in force before it of the parameters it
+    changed (restored on the way up), and the values it set (a parameter the stream has changed
+    since is not restored)."""
 
     knob: str
     previous: dict[str, Any]
+    lowered: dict[str, Any]
+
+    def restore(self, params: BaseModel) -> dict[str, Any]:
+        """The changes that undo this level now: the previous values of what it still holds."""
+        now = values_of(params, self.previous)
+        return {name: value for name, value in self.previous.items() if now[name] == self.lowered[name]}
+
+
+def values_of(params: BaseModel, names: Iterable[str]) -> dict[str, Any]:
+    """The values of `names` in `params`, as JSON data (what events and quality levels carry)."""
+    return params.model_dump(mode="json", include=set(names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,30 +89,20 @@ class SessionClosed:
 SessionEvent = OutputFrame | OutputAudio | StreamNotice | QualityChanged | SessionClosed
 
 
-def needs_input(pipeline: Pipeline, params: BaseModel) -> bool:
-    """Whether a stream advances on its input frames or on its own clock (text-to-video, txt2img,
-    and audio pipelines, which take whatever audio arrived at each tick and send what is due)."""
-    if pipeline.kind in (PipelineKind.TEXT_TO_VIDEO, PipelineKind.AUDIO_TO_AUDIO):
-        return False
-    return getattr(params, "mode", None) != "txt2img"
-
-
 class Session:
-    def __init__(self, session_id: str, pipeline_name: str, pipeline: Pipeline, params: BaseModel, state: Any,
+    def __init__(self, session_id: str, pipeline_name: str, pipeline: Pipeline, state: PipelineState,
                  slo: SloSpec, metrics: PipelineMetrics, audio_buffer_s: float, wake: Callable[[], None]):
         self.id = session_id
         self.pipeline_name = pipeline_name
         self.pipeline = pipeline
-        self.params = params          # owned by the worker once attached
-        self.state = state            # owned by the worker once attached
+        self.state: PipelineState | None = state  # owned by the worker once attached; None once released
+        self._final_params: BaseModel = state.params
         self.slo = slo
         self.metrics = metrics
-        self.needs_input = needs_input(pipeline, params)
         self.video_in: LatestSlot[VideoFrame] = LatestSlot()
         self.audio_in = AudioFifo(audio_buffer_s)
         self.stats = SessionStats(slo.latency_budget_ms / 1000)
-        if getattr(pipeline, "stream_stats", None) is not None:
-            self.stats.extra = self._pipeline_stats
+        self.stats.extra = self._pipeline_stats
         self.created_wall = time.time()
         self.last_activity = time.monotonic()
         self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
@@ -109,6 +115,31 @@ class Session:
         self.admitted_estimate: dict[str, Any] | None = None  # what admission control forecast for it
         self.generated = 0                # frame ids of frames made without input
         self._wake = wake
+
+    @property
+    def params(self) -> Any:
+        """The parameters in force: the pipeline state's (the last ones once the state is released)."""
+        state = self.state
+        return self._final_params if state is None else state.params
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether the stream advances on its input frames or on its own clock."""
+        return self.pipeline.needs_input(self.params)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """The body of a stats message: the measurements, the parameters in force and how many
+        quality levels the server has stepped down (a client that did not make a change, or
+        missed its message, stays in sync from here)."""
+        return {**self.stats.snapshot(), "params": self.params.model_dump(mode="json"),
+                "quality_level": len(self.quality)}
+
+    def release_state(self) -> None:
+        """The stream has ended: drop its state (and the device memory it holds) now, though a
+        transport may still hold the session object for a moment."""
+        if self.state is not None:
+            self._final_params = self.state.params
+            self.state = None
 
     def _pipeline_stats(self) -> dict:
         """The pipeline's own figures for this stream (read off the worker thread: the pipeline
@@ -143,8 +174,11 @@ class Session:
                 self.metrics.deadline_misses.inc()
 
     def count_dropped_output(self) -> None:
-        self.stats.count("dropped_output")
+        self.stats.count(StatCount.DROPPED_OUTPUT)
         self.metrics.dropped_output.inc()
+
+    def count_audio_sent(self) -> None:
+        self.stats.count(StatCount.AUDIO_CHUNKS_OUT)
 
     def push_video(self, frame: VideoFrame) -> None:
         """Hand a decoded input to the worker; an input it has not taken yet is dropped."""
@@ -155,12 +189,12 @@ class Session:
         self._wake()
 
     def count_dropped_input(self) -> None:
-        self.stats.count("dropped_input")
+        self.stats.count(StatCount.DROPPED_INPUT)
         self.metrics.dropped_input.inc()
 
     def count_stale_input(self) -> None:
         """The scheduler dropped the waiting input: it was already older than the latency budget."""
-        self.stats.count("dropped_stale")
+        self.stats.count(StatCount.DROPPED_STALE)
         self.metrics.dropped_stale.inc()
 
     def push_audio(self, chunk: AudioChunk) -> None:
@@ -170,9 +204,9 @@ class Session:
         try:
             self.audio_in.put(chunk)
         except StreamError:
-            self.stats.count("audio_refused")
+            self.stats.count(StatCount.AUDIO_REFUSED)
             raise
-        self.stats.count("audio_chunks_in")
+        self.stats.count(StatCount.AUDIO_CHUNKS_IN)
         self._wake()
 
     # --- worker side ---------------------------------------------------------------------

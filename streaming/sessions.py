@@ -22,19 +22,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipelines.base import ParamError, Pipeline, UpdateClass, merge_params, parse_params, update_class_of
-from pipelines.scheduling import scheduling_profile
+from pipelines.base import ParamError, Pipeline, UpdateClass, UpdateResult, parse_params, strongest_class
 from streaming.admission import AdmissionDecision, decide_admission
 from streaming.capacity import Demand
 from streaming.errors import ErrorCode, StreamError
 from streaming.metrics import ServerMetrics, SessionSample
 from streaming.protocol import SloSpec
-from streaming.session import Session, SessionClosed, SessionEvent, needs_input
+from streaming.session import Session, SessionClosed, SessionEvent
 from streaming.worker import ComputeWorker
 
 log = logging.getLogger(__name__)
 
-_CLASS_ORDER = [UpdateClass.HOT, UpdateClass.RESET, UpdateClass.RELOAD]
 QUEUE_RECHECK_S = 0.5  # a queued start looks again this often (costs and input rates change)
 
 # Called with (position in line, why it waits) whenever a queued start's position changes.
@@ -44,7 +42,8 @@ QueuedCallback = Callable[[int, str], Awaitable[None]]
 class SessionInfo(BaseModel):
     id: str
     pipeline: str
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(description="The full parameter set in force.")
+    needs_input: bool = Field(description="The stream advances on input frames (false: on its own clock, generating).")
     slo: SloSpec
     streaming: bool = Field(description="A stream connection is attached and carries its media.")
     created_at: float = Field(description="Unix time of creation.")
@@ -60,6 +59,7 @@ class UpdateReport(BaseModel):
     reset: bool
     discarded_frames: int
     params: dict[str, Any] = Field(description="The full parameter set now in force.")
+    needs_input: bool = Field(description="The stream advances on input frames (false: on its own clock, generating).")
     slo: SloSpec
 
 
@@ -114,8 +114,7 @@ class SessionManager:
         finally:
             del self._admitting[session_id]
             self._wake_queue()
-        session = Session(session_id, name, pipeline, parsed, state, slo, self.metrics.for_pipeline(name),
-                          self.audio_buffer_s, self.worker.wake)
+        session = Session(session_id, name, pipeline, state, slo, self.metrics.for_pipeline(name), self.audio_buffer_s, self.worker.wake)
         session.admitted_estimate = {"fps": round(decision.estimate.fps[session_id], 2),
                                      "latency_ms": round(decision.estimate.latency_s[session_id] * 1000, 1),
                                      "meets_slo": decision.estimate.meets[session_id]}
@@ -185,19 +184,17 @@ class SessionManager:
         return session
 
     async def update(self, session: Session, changes: Mapping[str, Any], slo: SloSpec | None = None) -> UpdateReport:
-        """Apply a partial parameter update between ticks; StreamError(bad_params) leaves the session as it was."""
+        """Apply a partial parameter update between ticks; StreamError(bad_params) leaves the session as it was.
+        The report carries the parameters in force as the pipeline normalised them."""
         session.touch()
         pipeline = session.pipeline
-
         resolved = None if slo is None else resolve_slo(slo, pipeline)
 
-        def apply():
-            if session.closed:
+        def apply() -> UpdateResult | None:
+            if session.closed or session.state is None:
                 raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} has ended")
             result = pipeline.update(session.state, changes) if changes else None
             if changes:
-                session.params = merge_params(session.params, changes)
-                session.needs_input = needs_input(pipeline, session.params)
                 # The client's own values win over a quality step that had replaced them.
                 session.quality = [level for level in session.quality if not set(level.previous) & set(changes)]
             if resolved is not None:
@@ -209,13 +206,14 @@ class SessionManager:
             result = await asyncio.wrap_future(self.worker.call(apply))
         except ParamError as err:
             raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
-        classes = {update_class_of(pipeline.params_model, name) for name in result.applied} if result else set()
+        applied = result.applied if result else []
         return UpdateReport(
-            applied=result.applied if result else [],
-            update_class=max(classes, key=_CLASS_ORDER.index) if classes else None,
+            applied=applied,
+            update_class=strongest_class(pipeline.params_model, applied),
             reset=bool(result and result.reset),
             discarded_frames=result.discarded_frames if result else 0,
-            params=session.params.model_dump(mode="json"),
+            params=(result.params if result else session.params).model_dump(mode="json"),
+            needs_input=pipeline.needs_input(result.params) if result else session.needs_input,
             slo=session.slo,
         )
 
@@ -255,8 +253,10 @@ class SessionManager:
             self.reap_idle(time.monotonic())
 
     def info(self, session: Session) -> SessionInfo:
-        return SessionInfo(id=session.id, pipeline=session.pipeline_name, params=session.params.model_dump(mode="json"),
-                           slo=session.slo, streaming=session.sink is not None, created_at=session.created_wall)
+        params = session.params
+        return SessionInfo(id=session.id, pipeline=session.pipeline_name, params=params.model_dump(mode="json"),
+                           needs_input=session.pipeline.needs_input(params), slo=session.slo, streaming=session.sink is not None,
+                           created_at=session.created_wall)
 
     def samples(self) -> list[SessionSample]:
         return [SessionSample(s.id, s.pipeline_name, s.stats.snapshot()) for s in list(self.sessions.values())]
@@ -264,14 +264,14 @@ class SessionManager:
 
 def resolve_slo(slo: SloSpec, pipeline: Pipeline) -> SloSpec:
     """The SLO with the pipeline's defaults where the client left a value out."""
-    defaults = scheduling_profile(pipeline).slo_defaults
+    defaults = pipeline.scheduling.slo_defaults
     return slo.model_copy(update={k: v for k, v in defaults.items() if k not in slo.model_fields_set})
 
 
 def session_demand(session_id: str, pipeline_name: str, pipeline: Pipeline, params: BaseModel, slo: SloSpec,
                    input_fps: float = 0.0) -> Demand:
     """What a session asks of the worker: its SLO's rate (or its input's, when lower and known)."""
-    profile = scheduling_profile(pipeline)
-    fps = min(slo.target_fps, input_fps) if input_fps > 0 and needs_input(pipeline, params) else slo.target_fps
+    profile = pipeline.scheduling
+    fps = min(slo.target_fps, input_fps) if input_fps > 0 and pipeline.needs_input(params) else slo.target_fps
     return Demand(session_id, pipeline_name, profile.cost_shape(params), fps, slo.latency_budget_ms / 1000,
                   profile.pipe_depth(params))

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 
 import numpy as np
 
@@ -47,6 +48,19 @@ class _Rate:
             self._times.popleft()
 
 
+class StatCount(str, Enum):
+    """The counters of a session that are bumped one event at a time (the value is the stats key)."""
+
+    DROPPED_INPUT = "dropped_input"
+    DROPPED_OUTPUT = "dropped_output"
+    DROPPED_STALE = "dropped_stale"      # inputs the scheduler dropped as older than the latency budget
+    SKIPPED = "skipped"                  # inputs the similarity filter answered with the previous output
+    ERRORS = "errors"
+    AUDIO_CHUNKS_IN = "audio_chunks_in"
+    AUDIO_CHUNKS_OUT = "audio_chunks_out"
+    AUDIO_REFUSED = "audio_refused"
+
+
 class SessionStats:
     """Counters and latency windows of one session. Written by the event loop (arrivals, sends)
     and by the compute worker (queue wait, model time), hence the lock."""
@@ -58,15 +72,8 @@ class SessionStats:
         self.frames_in = 0
         self.frames_stepped = 0   # inputs the pipeline took (the rest were dropped or still wait)
         self.frames_out = 0
-        self.dropped_input = 0
-        self.dropped_output = 0
-        self.dropped_stale = 0    # inputs the scheduler dropped as older than the latency budget
         self.deadline_misses = 0
-        self.skipped = 0
-        self.errors = 0
-        self.audio_chunks_in = 0
-        self.audio_chunks_out = 0
-        self.audio_refused = 0
+        self.counts = dict.fromkeys(StatCount, 0)
         self._rate_in = _Rate()
         self._rate_out = _Rate()
         self._latency: deque[float] = deque(maxlen=_WINDOW)
@@ -109,18 +116,15 @@ class SessionStats:
         with self._lock:
             return self._rate_in.per_second(now)
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, counter: StatCount, n: int = 1) -> None:
         with self._lock:
-            setattr(self, name, getattr(self, name) + n)
-
-    def latency_quantiles(self) -> dict[str, float | None]:
-        with self._lock:
-            return _ms_percentiles(self._latency)
+            self.counts[counter] += n
 
     def snapshot(self) -> dict:
         now = time.monotonic()
         extra = self.extra() if self.extra is not None else {}
         with self._lock:
+            counts = self.counts
             ttff = None if self.first_output_at is None else round((self.first_output_at - self.created_at) * 1000, 1)
             return {
                 "uptime_s": round(now - self.created_at, 3),
@@ -130,15 +134,16 @@ class SessionStats:
                 "frames_out": self.frames_out,
                 "fps_in": round(self._rate_in.per_second(now), 2),
                 "fps_out": round(self._rate_out.per_second(now), 2),
-                "dropped_input": self.dropped_input,
-                "dropped_output": self.dropped_output,
-                "dropped_stale": self.dropped_stale,
+                "dropped_input": counts[StatCount.DROPPED_INPUT],
+                "dropped_output": counts[StatCount.DROPPED_OUTPUT],
+                "dropped_stale": counts[StatCount.DROPPED_STALE],
                 "deadline_misses": self.deadline_misses,
-                "skipped": self.skipped,
-                "errors": self.errors,
+                "skipped": counts[StatCount.SKIPPED],
+                "errors": counts[StatCount.ERRORS],
                 "latency_ms": _ms_percentiles(self._latency),
                 "queue_wait_ms": _ms_percentiles(self._queue_wait),
                 "model_ms": _ms_percentiles(self._model),
-                "audio": {"chunks_in": self.audio_chunks_in, "chunks_out": self.audio_chunks_out, "refused": self.audio_refused},
+                "audio": {"chunks_in": counts[StatCount.AUDIO_CHUNKS_IN], "chunks_out": counts[StatCount.AUDIO_CHUNKS_OUT],
+                          "refused": counts[StatCount.AUDIO_REFUSED]},
                 **extra,
             }

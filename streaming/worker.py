@@ -22,16 +22,16 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipelines.base import Pipeline, PipelineKind, StepInput, StepOutput, merge_params, parse_params
-from pipelines.scheduling import scheduling_profile
 from streaming.capacity import Demand
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy, QualityMove, QualityView
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk, VideoFrame
 from streaming.scheduler import Batch, SloScheduler, StreamView, TickPlan
-from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, needs_input
+from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, values_of
 from streaming.stages.group import StageGroup
 from streaming.stages.placement import place_stages
+from streaming.stats import StatCount
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ _WARMUP_MAX_TICKS = 8
 PROFILE_BATCHES = (1, 2)   # batch sizes measured at warm-up
 PROFILE_TICKS = 3          # measured ticks per batch size, after the pipe has filled
 QUALITY_EVERY_S = 0.25     # how often degradation is reconsidered
+TEST_FRAME_SIZE = (64, 64)  # width, height of the warm-up input: pipelines resize inputs to their own size
 
 
 class ComputeWorker:
@@ -153,20 +154,18 @@ class ComputeWorker:
         return plan
 
     def _view(self, session: Session, now: float) -> StreamView:
-        profile = scheduling_profile(session.pipeline)
+        profile, params = session.pipeline.scheduling, session.params
         return StreamView(
             session.id, session.pipeline_name, session.needs_input, _queued_at(session.video_in.peek()), session.next_due,
-            profile.cost_shape(session.params), session.slo.target_fps, session.slo.latency_budget_ms / 1000,
-            profile.pipe_depth(session.params), session.stats.input_fps(now))
+            profile.cost_shape(params), session.slo.target_fps, session.slo.latency_budget_ms / 1000,
+            profile.pipe_depth(params), session.stats.input_fps(now))
 
     def _forget(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
         self.scheduler.forget(session_id)
-        if session is not None:
-            close_state = getattr(session.pipeline, "close_state", None)
-            if close_state is not None and session.state is not None:
-                close_state(session.state)  # background work of the stream stops with it
-            session.state = None  # the transport may still hold the session object for a moment
+        if session is not None and session.state is not None:
+            session.pipeline.close_state(session.state)  # background work of the stream stops with it
+            session.release_state()
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -202,44 +201,44 @@ class ComputeWorker:
         current = self._view(session, now).demand()
         step = self._next_step_down(session)
         lower = None if step is None else self._demand_with(session, current, step[1])
-        higher = self._demand_with(session, current, session.quality[-1].previous) if session.quality else None
+        higher = self._demand_with(session, current, session.quality[-1].restore(session.params)) if session.quality else None
         return QualityView(current, lower, higher)
 
     def _next_step_down(self, session: Session) -> tuple[str, dict[str, Any]] | None:
         """The first knob the session allows that can still go down, and its changes."""
-        profile = scheduling_profile(session.pipeline)
         for knob in session.slo.degrade:
-            changes = profile.lower_quality(session.params, knob)
+            changes = session.pipeline.scheduling.lower_quality(session.params, knob)
             if changes:
                 return knob, changes
         return None
 
     def _demand_with(self, session: Session, current: Demand, changes: Mapping[str, Any]) -> Demand:
-        profile = scheduling_profile(session.pipeline)
+        """The session's demand with `changes` applied (normalised as its update would)."""
+        profile = session.pipeline.scheduling
         params = merge_params(session.params, changes)
         return Demand(current.session_id, current.pipeline, profile.cost_shape(params), current.fps, current.latency_budget_s,
                       profile.pipe_depth(params))
 
     def _apply_quality(self, session: Session, move: QualityMove) -> None:
         if move.direction == "down":
-            knob, changes = self._next_step_down(session)
-            previous = {name: getattr(session.params, name) for name in changes}
-            level = QualityLevel(knob, _jsonable(previous))
+            step = self._next_step_down(session)
+            if step is None:
+                return
+            knob, changes = step
         else:
-            level = session.quality[-1]
-            knob, changes = level.knob, level.previous
+            knob, changes = session.quality[-1].knob, session.quality[-1].restore(session.params)
+        before = session.params
         try:
             result = session.pipeline.update(session.state, changes)
         except Exception as err:  # noqa: BLE001 - the stream keeps the quality it had
             log.warning("quality change of session %s failed: %s", session.id, err)
             return
-        session.params = merge_params(session.params, changes)
         if move.direction == "down":
-            session.quality.append(level)
+            session.quality.append(QualityLevel(knob, values_of(before, result.applied), values_of(result.params, result.applied)))
         else:
             session.quality.pop()
         log.info("session %s quality %s (%s): %s", session.id, move.direction, knob, move.reason)
-        session.emit(QualityChanged(move.direction, knob, len(session.quality), _jsonable(changes), move.reason,
+        session.emit(QualityChanged(move.direction, knob, len(session.quality), values_of(result.params, result.applied), move.reason,
                                     result.discarded_frames))
 
     # --- steps -----------------------------------------------------------------------------
@@ -265,7 +264,7 @@ class ComputeWorker:
             return
         outputs = self._step(pipeline, entries)
         finished = time.monotonic()
-        shapes = {s.id: scheduling_profile(s.pipeline).cost_shape(s.params) for s, _ in entries}
+        shapes = {s.id: s.pipeline.scheduling.cost_shape(s.params) for s, _ in entries}
         self.scheduler.update_from_output(batch, shapes, started, finished)
         pipeline_metrics = entries[0][0].metrics
         pipeline_metrics.model_time.observe(finished - started)
@@ -274,14 +273,14 @@ class ComputeWorker:
             if output is None:
                 continue
             if output.error is not None:
-                session.stats.count("errors")
+                session.stats.count(StatCount.ERRORS)
                 session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), frame.frame_id if isinstance(frame, VideoFrame) else None))
             queue_wait = started - frame.timestamps.get("queued", started) if isinstance(frame, VideoFrame) else None
             session.stats.record_step(queue_wait, finished - started)
             if queue_wait is not None:
                 session.metrics.queue_wait.observe(queue_wait)
             if output.skipped:
-                session.stats.count("skipped")
+                session.stats.count(StatCount.SKIPPED)
             if isinstance(frame, VideoFrame) and not output.consumed:
                 session.video_in.put_back(frame)
             if frame is None and len(output.frames) > 1:
@@ -303,7 +302,7 @@ class ComputeWorker:
             if len(entries) == 1:
                 session, frame = entries[0]
                 log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)
-                session.stats.count("errors")
+                session.stats.count(StatCount.ERRORS)
                 session.emit(StreamNotice(StreamError(ErrorCode.INTERNAL, f"{pipeline.name} failed on this frame: {err}"),
                                           frame.frame_id if isinstance(frame, VideoFrame) else None))
                 return [None]
@@ -329,13 +328,12 @@ def _queued_at(frame: VideoFrame | None) -> float | None:
     return None if frame is None else frame.timestamps.get("queued", 0.0)
 
 
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def _test_frame(params: Any) -> VideoFrame:
-    width, height = getattr(params, "width", 64), getattr(params, "height", 64)
-    return VideoFrame(np.full((height, width, 3), 127, np.uint8), frame_id=0, pts=0.0, stream_id="warmup")
+def _test_frame(pipeline: Pipeline, params: Any) -> VideoFrame | None:
+    """An input for warm-up and profiling (a small grey picture), or None for a stream that needs
+    no input."""
+    if not pipeline.needs_input(params):
+        return None
+    return VideoFrame(np.full((TEST_FRAME_SIZE[1], TEST_FRAME_SIZE[0], 3), 127, np.uint8), frame_id=0, pts=0.0, stream_id="warmup")
 
 
 def warm_up(pipeline: Pipeline) -> None:
@@ -343,7 +341,7 @@ def warm_up(pipeline: Pipeline) -> None:
     for lazy initialisation (kernel selection, allocator growth, compiled graphs)."""
     params = parse_params(pipeline.params_model, None)
     state = pipeline.new_state(params, stream_id="warmup")
-    frame = _test_frame(params) if needs_input(pipeline, params) else None
+    frame = _test_frame(pipeline, params)
     for _ in range(_WARMUP_MAX_TICKS):
         if pipeline.step([(state, frame)])[0].frames:
             return
@@ -352,9 +350,9 @@ def warm_up(pipeline: Pipeline) -> None:
 def profile_costs(name: str, pipeline: Pipeline, costs: CostModel) -> None:
     """Measure steps of 1 and 2 streams at the default parameters, once their pipes are full, so
     admission control and the scheduler have costs before the first client arrives."""
-    profile = scheduling_profile(pipeline)
+    profile = pipeline.scheduling
     params = parse_params(pipeline.params_model, None)
-    frame = _test_frame(params) if needs_input(pipeline, params) else None
+    frame = _test_frame(pipeline, params)
     fill = profile.pipe_depth(params) + 1
     for size in PROFILE_BATCHES:
         batch = [(pipeline.new_state(params, stream_id=f"profile{i}"), frame) for i in range(size)]

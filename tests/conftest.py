@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 import pytest
 import uvicorn
 
+from app.context import ServerContext
 from app.serve import uvicorn_config
 from app.server import create_app
 from app.settings import Settings
@@ -33,6 +34,14 @@ def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str
                     wait_loaded: bool = True) -> Iterator[str]:
     """Run the real app on a free port; yields its base URL once it listens and (unless told
     not to wait) the pipelines are loaded."""
+    with serve_app_in_thread(settings, load_pipelines, wait_loaded) as (url, _):
+        yield url
+
+
+@contextmanager
+def serve_app_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pipeline]] | None = None,
+                        wait_loaded: bool = True) -> Iterator[tuple[str, ServerContext]]:
+    """`serve_in_thread` for tests that also look inside: yields the base URL and the server's context."""
     app = create_app(settings, load_pipelines)
     server = uvicorn.Server(uvicorn_config(app, settings, port=0))
     thread = threading.Thread(target=server.run, name="test-server", daemon=True)
@@ -44,7 +53,7 @@ def serve_in_thread(settings: Settings, load_pipelines: Callable[[], Mapping[str
                 raise TimeoutError("test server did not start")
             time.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app.state.context
     finally:
         server.should_exit = True
         thread.join(15)

@@ -1,4 +1,5 @@
-"""Pipelines for server tests: real contract, no model, behaviour a test can see in the pixels.
+"""Pipelines for server tests: the real contract (`pipelines.base.Pipeline`, so a fake cannot be
+looser than a real pipeline), no model, behaviour a test can see in the pixels.
 
 `TintPipeline` blends each input towards a colour derived from its prompt, so a test can tell
 which prompt (and which session's parameters) produced a frame; it can be slowed down to model
@@ -11,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.base import PipelineKind, StepOutput, UpdateClass, UpdateResult, merge_params, parse_params, update_class_of
+from pipelines.base import Pipeline, PipelineKind, PipelineState, StepOutput
 from streaming.frames import VideoFrame
 
 FAIL_PROMPT = "fail"  # a stream with this prompt makes step raise
@@ -38,13 +39,12 @@ class TintParams(BaseModel):
 
 
 @dataclass(eq=False)
-class TintState:
+class TintState(PipelineState):
     params: TintParams
-    stream_id: str
     pending: list[VideoFrame] = field(default_factory=list)  # ChunkPipeline's frames not yet returned
 
 
-class TintPipeline:
+class TintPipeline(Pipeline[TintState]):
     kind = PipelineKind.VIDEO_TO_VIDEO
     params_model = TintParams
 
@@ -54,16 +54,13 @@ class TintPipeline:
         self.live_states: weakref.WeakSet[TintState] = weakref.WeakSet()
         self.batch_sizes: list[int] = []
 
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> TintState:
-        state = TintState(parse_params(TintParams, params), stream_id)
+    def build_state(self, params: TintParams, stream_id: str) -> TintState:
+        state = TintState(params=params, stream_id=stream_id)
         self.live_states.add(state)
         return state
 
-    def update(self, state: TintState, changes: Mapping[str, Any]) -> UpdateResult:
-        new = merge_params(state.params, changes)
-        applied = [k for k in changes if getattr(new, k) != getattr(state.params, k)]
-        state.params = new
-        return UpdateResult(applied=applied, reset=any(update_class_of(TintParams, k) is UpdateClass.RESET for k in applied))
+    def needs_input(self, params: TintParams) -> bool:
+        return params.mode == "img2img"
 
     def step(self, batch: Sequence[tuple[TintState, VideoFrame | None]]) -> list[StepOutput]:
         self.batch_sizes.append(len(batch))
@@ -87,7 +84,7 @@ class TintPipeline:
         return 0
 
 
-class ChunkPipeline:
+class ChunkPipeline(Pipeline[TintState]):
     """Returns its inputs in chunks: nothing for three steps, then the last four frames at once,
     as chunked video models do (txt2img: four grey frames per step). For testing that bursts are
     paced out by pts, not dropped."""
@@ -97,12 +94,11 @@ class ChunkPipeline:
     params_model = TintParams
     CHUNK = 4
 
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> TintState:
-        return TintState(parse_params(TintParams, params), stream_id)
+    def build_state(self, params: TintParams, stream_id: str) -> TintState:
+        return TintState(params=params, stream_id=stream_id)
 
-    def update(self, state: TintState, changes: Mapping[str, Any]) -> UpdateResult:
-        state.params = merge_params(state.params, changes)
-        return UpdateResult(applied=sorted(changes))
+    def needs_input(self, params: TintParams) -> bool:
+        return params.mode == "img2img"
 
     def step(self, batch: Sequence[tuple[TintState, VideoFrame | None]]) -> list[StepOutput]:
         outputs = []

@@ -7,6 +7,7 @@ asyncio tests that run after it).
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 from playwright import sync_api
@@ -52,6 +53,11 @@ def test_demo_streams_the_camera_and_applies_a_prompt_change(base_url, browser):
 
     page.wait_for_function("window.latentcast.stats !== null", timeout=5_000)
     assert "fps" in page.inner_text("#stats") and "latency" in page.inner_text("#stats")
+
+    # Another client changes a parameter over REST: the controls show what is in force (from the stats).
+    session_id = page.evaluate("window.latentcast.sessionId")
+    assert httpx.patch(f"{base_url}/v1/sessions/{session_id}", json={"params": {"strength": 0.25}}).status_code == 200
+    page.wait_for_function("document.getElementById('param-strength').value === '0.25'", timeout=5_000)
 
     page.click("#stop")
     page.wait_for_function("window.latentcast.status === 'stopped'", timeout=5_000)

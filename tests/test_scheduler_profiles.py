@@ -10,8 +10,7 @@ import pytest
 from pipelines.base import merge_params
 from pipelines.registry import ModelOptions, load_pipeline
 from pipelines.rolling_kv.reference import generate_sequential
-from pipelines.scheduling import scheduling_profile
-from pipelines.stream_diffusion.scheduling import fewer_steps
+from pipelines.stream_diffusion.params import resample_t_index_list
 from streaming.frames import VideoFrame
 
 
@@ -25,33 +24,44 @@ def diffusion():
     return load_pipeline("stream-diffusion", ModelOptions(preset="tiny"))
 
 
-def ladder(pipeline, params, knob: str) -> list[dict]:
-    """Every level down one knob, from the parameters asked for to the floor."""
-    profile, levels = scheduling_profile(pipeline), []
+def ladder(pipeline, params, knob: str, shown: tuple[str, ...] | None = None) -> list[dict]:
+    """Every level down one knob, from the parameters asked for to the floor: the changes the
+    knob asks for, or with `shown` the values in force of those fields once normalised."""
+    profile, levels = pipeline.scheduling, []
     while (changes := profile.lower_quality(params, knob)) is not None:
-        levels.append(changes)
         params = merge_params(params, changes)
+        levels.append({name: getattr(params, name) for name in shown} if shown else changes)
     return levels
 
 
-def test_fewer_steps_keep_the_first_and_last_index():
-    assert fewer_steps([0, 16, 32, 45]) == [0, 32, 45]
-    assert fewer_steps([0, 32, 45]) == [0, 45]
-    assert fewer_steps([32, 45]) == [32]
+def test_resampled_schedules_keep_the_first_and_last_index():
+    assert resample_t_index_list([0, 16, 32, 45], 3) == [0, 32, 45]
+    assert resample_t_index_list([0, 32, 45], 2) == [0, 45]
+    assert resample_t_index_list([32, 45], 1) == [32]
+    assert resample_t_index_list([10, 40], 3) == [10, 25, 40]
+    assert resample_t_index_list([45], 2) == [45, 46]  # one step: the second is strength's rule
+    assert resample_t_index_list([47, 49], 3) == [47, 48, 49]
+    with pytest.raises(ValueError, match="starts too late"):
+        resample_t_index_list([48], 3)
 
 
 def test_stream_diffusion_declares_its_slo_cost_depth_and_knobs(diffusion):
-    profile = scheduling_profile(diffusion)
+    profile = diffusion.scheduling
     params = diffusion.params_model(t_index_list=[0, 16, 32, 45], width=256, height=256)
     assert profile.slo_defaults == {"target_fps": 30.0, "latency_budget_ms": 500.0}
     assert profile.cost_shape(params) == (256, 256, 4) and profile.pipe_depth(params) == 3
-    assert ladder(diffusion, params, "steps") == [{"t_index_list": [0, 32, 45]}, {"t_index_list": [0, 45]}, {"t_index_list": [0]}]
+    assert ladder(diffusion, params, "steps") == [{"steps": 3}, {"steps": 2}, {"steps": 1}]
+    assert ladder(diffusion, params, "steps", ("t_index_list", "steps")) == [
+        {"t_index_list": [0, 32, 45], "steps": 3}, {"t_index_list": [0, 45], "steps": 2}, {"t_index_list": [0], "steps": 1}]
+    with_strength = diffusion.params_model(strength=0.5, steps=3, width=256, height=256)
+    assert ladder(diffusion, with_strength, "steps", ("t_index_list", "strength")) == [  # derived again from strength
+        {"t_index_list": [24, 45], "strength": 0.5}, {"t_index_list": [24], "strength": 0.5}]
     assert ladder(diffusion, params, "resolution") == [{"width": 192, "height": 192}, {"width": 128, "height": 128}]
     assert ladder(diffusion, params, "chunk") == []
 
 
 def test_rolling_kv_declares_its_slo_cost_depth_and_knobs(video):
-    profile = scheduling_profile(video)
+    profile = video.scheduling
     params = video.params_model(steps=3, width=64, height=64)
     assert profile.slo_defaults["target_fps"] == 16.0
     assert profile.cost_shape(params) == (64, 64, 3)

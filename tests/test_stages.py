@@ -99,8 +99,8 @@ def split():
     diffusion = load_pipeline("stream-diffusion", ModelOptions(preset="tiny", device="cpu"))
     counts = [1, video.models.transformer.config.num_layers - 1]
     group = StageGroup(["cpu", "cpu"], {
-        "video": HostSpec("pipelines.rolling_kv.stages:LayerStageHost", {"source": video.source, "counts": counts}),
-        "sd": HostSpec("pipelines.stream_diffusion.stages:RowStageHost", {"source": diffusion.source}),
+        "video": HostSpec("pipelines.rolling_kv.stages:LayerStageHost", {"source": video.models.source, "counts": counts}),
+        "sd": HostSpec("pipelines.stream_diffusion.stages:RowStageHost", {"source": diffusion.models.source}),
     })
     try:
         split_across(video, group, counts, "video")
@@ -147,7 +147,7 @@ def test_a_stream_diffusion_pipeline_split_by_step_groups_equals_one_process(spl
               single.params_model(prompt="owl", t_index_list=[30, 45], width=64, height=64, seed=9)]
     pictures = [clip(8, seed=3), clip(8, seed=4)]
     reference, outputs = run_streams(single, params, pictures), run_streams(split["sd"], params, pictures)
-    assert sum(split["sd"].denoise.last_counts[1:]) > 0  # rank 1 took rows
+    assert sum(split["sd"].denoiser.last_counts[1:]) > 0  # rank 1 took rows
     for ours, theirs in zip(outputs, reference):
         assert len(ours) == len(theirs) == 8
         diff = np.abs(np.stack(ours).astype(int) - np.stack(theirs).astype(int))

@@ -155,8 +155,8 @@ def test_streams_batched_together_equal_each_alone(pipe):
 
 def test_batched_streams_cost_one_unet_call(pipe, monkeypatch):
     calls = []
-    denoise = pipe.denoise
-    monkeypatch.setattr(pipe, "denoise", lambda x, t, e: (calls.append(len(x)), denoise(x, t, e))[1])
+    denoise = pipe.denoiser
+    monkeypatch.setattr(pipe, "denoiser", lambda x, t, e: (calls.append(len(x)), denoise(x, t, e))[1])
     states = [pipe.new_state({**SIZE, "prompt": p, "cfg_type": "none", "t_index_list": [20, 40]}) for p in ("a", "b", "c")]
     pipe.step([(s, VideoFrame(clip(1, seed=i)[0], 0)) for i, s in enumerate(states)])
     assert calls == [6]  # 3 streams x 2 slots in one forward
@@ -248,8 +248,8 @@ def test_same_seed_same_frames_different_seed_different_frames(pipe):
 
 def test_similarity_filter_skips_still_frames_without_running_the_model(pipe, monkeypatch):
     calls = []
-    denoise = pipe.denoise
-    monkeypatch.setattr(pipe, "denoise", lambda x, t, e: (calls.append(1), denoise(x, t, e))[1])
+    denoise = pipe.denoiser
+    monkeypatch.setattr(pipe, "denoiser", lambda x, t, e: (calls.append(1), denoise(x, t, e))[1])
     state = pipe.new_state({**SIZE, "t_index_list": [30], "filter_threshold": 0.9, "filter_max_skip": 3})
     still = clip(1)[0]
     results = [pipe.step([(state, VideoFrame(still, k))])[0] for k in range(9)]

@@ -163,18 +163,18 @@ async def test_output_track_paces_a_burst_and_drops_what_a_slow_encoder_cannot_t
     picture = np.zeros((16, 16, 3), np.uint8)
     now = time.monotonic()
 
-    def frame(i: int) -> VideoFrame:
-        return VideoFrame(picture, i, 10 + i / 30, timestamps={"finished": now})
+    def frame(i: int, step: int) -> VideoFrame:
+        return VideoFrame(picture, i, 10 + i / 30, timestamps={"finished": now + step / 30})
 
-    for i in range(4):  # a chunk's burst: kept, and spaced out by pts
-        track.push(frame(i))
+    for i in range(4):  # a chunk's burst (one step): kept, and spaced out by pts
+        track.push(frame(i, step=0))
     started = time.monotonic()
     sent = [await track.recv() for _ in range(4)]
     assert dropped == [] and time.monotonic() - started > 2.5 / 30 * 0.8
     assert [f.pts for f in sent] == sorted({f.pts for f in sent})  # monotonic RTP pts
 
-    for i in range(4, 24):  # the encoder fell behind by 20 frames: only the last quarter second waits
-        track.push(frame(i))
+    for i in range(4, 24):  # the encoder fell behind by 20 frames of as many steps: only the last quarter second waits
+        track.push(frame(i, step=i))
     assert len(dropped) == 12
     assert (await track.recv()).pts > sent[-1].pts
     track.stop()

@@ -17,7 +17,7 @@ const TALK_NEEDS_WEBRTC = "talking needs WebRTC, which this browser does not hav
 // Everything a person or a test wants to know about the stream, in one place.
 const demo = (window.latentcast = {
   status: "idle", transport: null, peer: null, sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
-  acks: [], errors: [], lastAck: null, stats: null, latencyMs: [],
+  acks: [], errors: [], lastAck: null, stats: null, latencyMs: [], quality: [],
   turns: [],                 // finished spoken turns of the session, as the server records them (docs/speech.md)
 });
 
@@ -28,7 +28,8 @@ let source = null;
 let captureTimer = null;
 let talk = false;          // the selected pipeline is audio-to-audio
 let videoChoice = null;    // source and transport picked for video pipelines, restored after talking
-let params = {};           // parameters in force (from `started` and each `ack`)
+let params = {};           // parameters in force, as the server last told them (started, ack, quality, stats)
+let needsInput = true;     // the stream advances on input frames (false: it generates on its own clock)
 let changed = {};          // edited before start: sent with `start`
 let nextFrameId = 0;
 let nextRequest = 0;
@@ -218,18 +219,16 @@ function onControl(message) {
   switch (message.type) {
     case "started":
       demo.sessionId = message.session_id;
-      params = message.params;
-      controls.setValues(params);
+      showParams(message.params, message.needs_input);
       setStatus("streaming", `session ${message.session_id} on ${message.pipeline} over ${demo.transport === "webrtc" ? "WebRTC" : "the WebSocket"}`);
       if (source && message.needs_input && link?.kind === "websocket") startCapture();
       break;
     case "ack": {
       demo.acks.push(message);
       demo.lastAck = message;
-      params = message.params;
+      showParams(message.params, message.needs_input);
       const name = pendingUpdates.get(message.request_id);
       pendingUpdates.delete(message.request_id);
-      controls.setValues(params);
       if (name) controls.setStatus(name, "ok", message.update_class === "reset" ? "✓ reset" : "✓");
       break;
     }
@@ -241,8 +240,13 @@ function onControl(message) {
       if (message.request_id === "start") setStatus("error", message.message);
       break;
     }
+    case "quality": // the server stepped quality down or up: `params` are the values that changed
+      demo.quality.push(message);
+      showParams({ ...params, ...message.params }, needsInput);
+      break;
     case "stats":
       demo.stats = message;
+      if (message.params) showParams(message.params, needsInput);
       showStats();
       if (message.speech) showConversation(message.speech);
       break;
@@ -273,6 +277,14 @@ async function onMedia(buffer) {
   bitmap.close();
 }
 
+// The controls always show what is in force, whoever changed it (this page, another client over
+// REST, or the server stepping quality down under load).
+function showParams(inForce, needs) {
+  params = inForce;
+  if (needs !== undefined) needsInput = needs;
+  controls.setValues(params);
+}
+
 function captureSize(video) {
   if (params.width && params.height) return [params.width, params.height];
   const scale = Math.min(1, MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
@@ -287,7 +299,7 @@ function startCapture() {
     captureTimer = setTimeout(capture, 1000 / Number($("fps").value));
     const socket = link?.socket;
     if (!socket || socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED) return;
-    if (params.mode === "txt2img" || !video.videoWidth) return;
+    if (!needsInput || !video.videoWidth) return;
     const [width, height] = captureSize(video);
     canvas.width = width;
     canvas.height = height;
@@ -337,6 +349,7 @@ function showStats() {
     `out ${fmt(fpsOut, 1)} fps · in ${fmt(s.fps_in, 1)} fps`,
     `latency ${fmt(latency)} ms (server p50 ${fmt(s.latency_ms?.p50)} / p95 ${fmt(s.latency_ms?.p95)} ms, model ${fmt(s.model_ms?.p50)} ms)`,
     `dropped ${s.dropped_input ?? 0} in / ${s.dropped_output ?? 0} out · skipped ${s.skipped ?? 0} · deadline misses ${s.deadline_misses ?? 0}`,
+    ...(s.quality_level ? [`quality stepped down ${s.quality_level} level(s) under load`] : []),
   ].join("\n");
 }
 

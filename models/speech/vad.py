@@ -17,7 +17,8 @@ _CONTEXT = 64   # samples of the previous window the model sees before each wind
 
 
 class VoiceActivity(Protocol):
-    """Speech probability per 32 ms window of 16 kHz audio, for one stream."""
+    """Speech probability per 32 ms window of 16 kHz audio, for one stream: all the relay asks of
+    its voice activity detector (a `VadStream` here, a loudness gate in the tests)."""
 
     def __call__(self, audio16k: np.ndarray) -> np.ndarray:
         """Probabilities of the whole windows completed by `audio16k` (samples short of a window wait)."""

@@ -45,7 +45,7 @@ from models.training.dataset import held_out_images, make_dataset
 from models.training.styles import STYLE_NAMES
 from pipelines.stream_diffusion.blending import blend
 from pipelines.stream_diffusion.params import NUM_T_INDICES
-from pipelines.stream_diffusion.schedule import lcm_timestep
+from pipelines.stream_diffusion.sampler import lcm_timestep
 
 PRESET = "style"
 PHOTO = STYLE_NAMES.index("photo")

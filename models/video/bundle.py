@@ -13,6 +13,7 @@ import torch
 from models.video.eviction import EvictionPolicy
 from models.video.kv_cache import CacheLayout, RollingKVCache
 from models.video.positions import PositionPolicy
+from models.source import ModelSource
 from models.video.presets import VideoPreset
 from models.video.text_encoder import TextEncoder
 from models.video.transformer import CausalWanTransformer, TextKV
@@ -27,6 +28,8 @@ class VideoModels:
     text_encoder: TextEncoder
     device: torch.device
     dtype: torch.dtype
+    source: ModelSource
+    """How to load the same weights elsewhere (a stage process on another device)."""
     cache_layers: int | None = None
     """Layers whose KV this process keeps (the first ones): all of them, unless the transformer is
     split across processes (streaming.stages), where each process keeps its own layers' KV."""

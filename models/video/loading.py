@@ -21,6 +21,7 @@ import torch
 
 from models.device import resolve_device, resolve_dtype
 from models.loading import ModelLoadError, _move
+from models.source import ModelSource
 from models.tokenizer import build_byte_tokenizer
 from models.video.bundle import VideoModels
 from models.video.presets import VideoPreset, get_video_preset
@@ -44,6 +45,8 @@ def load_video_models(
     seed: int = 0,
     use_ema: bool = True,
 ) -> VideoModels:
+    source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights,
+                          "seed": seed, "use_ema": use_ema})
     preset = get_video_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
     # Wan and umT5 were trained in bf16, and umT5 overflows in fp16: bf16 where `auto` would say fp16.
@@ -61,7 +64,7 @@ def load_video_models(
     _move(vae, dev, dt).eval().requires_grad_(False)
     text_len = preset.config_json("text_encoder")["text_len"]
     encoder = TextEncoder(text_model, tokenizer, text_len, dev, dt, offload=preset.offload_text_encoder and dev.type != "cpu")
-    return VideoModels(preset, transformer, streaming_vae, encoder, dev, dt)
+    return VideoModels(preset, transformer, streaming_vae, encoder, dev, dt, source)
 
 
 def build_from_configs(preset: VideoPreset, dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device | None = None):

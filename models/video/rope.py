@@ -6,7 +6,8 @@ are integers computed on the fly rather than read from a 1024-long table, so a s
 for hours never runs off the end of it (what a position means is the position policy's call).
 
 Rotations compose: rotating an already-rotated key by Δ on the temporal pairs equals rotating
-the raw key at position + Δ. The cache relies on that to move stored keys (`rotate_temporal`).
+the raw key at position + Δ. The cache relies on that to move stored keys to new positions
+(`temporal_cos_sin`, then `apply_rotary`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,6 @@ class Rope3D:
         self.inv_freq = [
             1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d) for d in self.axis_dims
         ]
-
-    @property
-    def temporal_pairs(self) -> int:
-        return self.axis_dims[0] // 2
 
     def angles(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Rotation angles for every token of frames at temporal positions `t` (any shape S):

@@ -10,15 +10,13 @@ hold up other streams' ticks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from models.speech.bundle import SpeechModels
-from pipelines.base import ParamError, PipelineKind, StepInput, StepOutput, UpdateResult, merge_params, parse_params
+from pipelines.base import ParamError, Pipeline, PipelineKind, PipelineState, StepInput, StepOutput
 from pipelines.relay_speech.metrics import TurnStats, prometheus_families
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.relay import Relay
@@ -31,13 +29,13 @@ JOB_THREADS = 6
 
 
 @dataclass(eq=False)
-class RelaySpeechState:
+class RelaySpeechState(PipelineState):
     params: RelaySpeechParams
     relay: Relay
     stats: TurnStats
 
 
-class RelaySpeechPipeline:
+class RelaySpeechPipeline(Pipeline[RelaySpeechState]):
     name = "relay-speech"
     kind = PipelineKind.AUDIO_TO_AUDIO
     params_model = RelaySpeechParams
@@ -49,22 +47,20 @@ class RelaySpeechPipeline:
         self.jobs = jobs or ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="speech-job")
         self.stats = TurnStats()  # every stream's turns, for /metrics
 
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> RelaySpeechState:
-        parsed = self._checked(parse_params(RelaySpeechParams, params))
+    def build_state(self, params: RelaySpeechParams, stream_id: str) -> RelaySpeechState:
+        self._check_voice(params)
         stats = TurnStats()
-        return RelaySpeechState(parsed, Relay(self.models, parsed, self.jobs, stream_id, (stats, self.stats), self._clock), stats)
+        relay = Relay(self.models, params, self.jobs, stream_id, (stats, self.stats), self._clock)
+        return RelaySpeechState(params=params, stream_id=stream_id, relay=relay, stats=stats)
 
-    def update(self, state: RelaySpeechState, changes: Mapping[str, Any]) -> UpdateResult:
-        new = self._checked(merge_params(state.params, changes))
-        applied = [k for k in changes if getattr(new, k) != getattr(state.params, k)]
-        state.params = new
+    def apply_hot(self, state: RelaySpeechState, new: RelaySpeechParams, changed: list[str]) -> None:
+        self._check_voice(new)
         state.relay.apply(new)
-        return UpdateResult(applied=applied)
 
-    def _checked(self, params: RelaySpeechParams) -> RelaySpeechParams:
+    def _check_voice(self, params: RelaySpeechParams) -> None:
+        """The voice must be one this server loaded (the schema cannot know which)."""
         if params.voice is not None and params.voice not in self.models.voices:
             raise ParamError(f"voice: unknown voice {params.voice!r}; this server has {', '.join(self.models.voices)}", field="voice")
-        return params
 
     def step(self, batch: Sequence[tuple[RelaySpeechState, StepInput]]) -> list[StepOutput]:
         outputs = []
@@ -77,7 +73,7 @@ class RelaySpeechPipeline:
     def in_flight(self, state: RelaySpeechState) -> int:
         return 0 if state.relay.answer is None else 1
 
-    def stream_stats(self, state: RelaySpeechState) -> dict:
+    def stream_stats(self, state: RelaySpeechState) -> dict[str, Any]:
         """The `speech` section of a stream's stats message: turn percentiles, the last turns, the
         turn being answered (so far: a client can show the user's words before the answer ends),
         the conversation as the LLM sees it."""
@@ -87,7 +83,7 @@ class RelaySpeechPipeline:
                            "context": relay.conversation.history, "voices": list(self.models.voices),
                            "models": self.models.description}}
 
-    def metric_families(self, name: str) -> list:
+    def metric_families(self, name: str) -> list[Any]:
         return prometheus_families(self.stats, name)
 
     def close_state(self, state: RelaySpeechState) -> None:

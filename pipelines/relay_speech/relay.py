@@ -2,20 +2,24 @@
 
 The compute worker calls `feed` with the audio that arrived and `advance` for the audio due
 out, every tick; both are quick (voice activity and bookkeeping). Model work runs as jobs on the
-pipeline's thread pool and reports back through futures and an outbox that `advance` reads, so
-this object's state is only ever touched by the worker thread.
+pipeline's thread pool: the fast path reports back through its future, the slow path through
+typed events in the answer's outbox (events.py), and `advance` reads both, so this object's state
+is only ever touched by the worker thread.
 
-A turn, in time order:
+A turn, in time order (in relay mode; the cascaded baseline has no partials and no fast path):
 1. The user speaks; a streaming partial transcript is made every `partial_interval_s`.
-2. Pause (`pause_s` of silence): the fast path starts, speculatively: a greedy transcript, a
-   draft of a few words, the verifier's verdict, and the kept draft's audio. Until the turn is
-   decided none of it is heard or remembered; if the user goes on speaking it is cancelled.
-3. Turn decision (`end_of_turn_s` of silence): once the fast path is done, the slow path
-   starts: a beam-search transcript, then the LLM, forced to continue from the kept prefix (or answering from scratch when the
-   verifier discarded the draft), clause by clause into speech. The kept prefix plays the moment
-   it is ready; its continuation plays right after it.
+2. Pause (`pause_s` of silence), when `speculate` is on: the fast path starts, speculatively: a
+   greedy transcript, a draft of a few words, the verifier's verdict, and the kept draft's audio.
+   Until the turn is decided none of it is heard or remembered; if the user goes on speaking it
+   is cancelled.
+3. Turn decision (`end_of_turn_s` of silence, or `max_utterance_s` of speech): the fast path
+   starts now if no pause started it, and the slow path waits for it, then runs: a beam-search
+   transcript, then the LLM, forced to continue from the kept prefix (or answering from scratch
+   when the verifier discarded the draft), clause by clause into speech. The kept prefix plays the
+   moment it is ready; its continuation plays right after it.
 4. The answer plays out in real time. User speech during it (barge-in) stops it at once, cancels
-   the jobs, and only the words that were played enter the conversation.
+   the jobs, and only the words that were played enter the conversation; with `barge_in` off the
+   user's voice is ignored until the answer ends.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from models.speech.audio import ASR_RATE, StreamResampler, mono_float, resample,
 from models.speech.bundle import SpeechModels
 from models.speech.llm import Draft, Message
 from models.speech.tts import Speech, Synthesizer
+from models.speech.vad import VoiceActivity
 from models.speech.verifier import DraftEvidence
 from pipelines.relay_speech.conversation import Conversation
+from pipelines.relay_speech.events import (ContinuationAudio, ContinuationText, FinalTranscript, FirstToken, LlmFinished,
+                                           SeamFragment, SlowPathDone, SlowPathEvent, SlowPathFailed, UserTurn)
 from pipelines.relay_speech.metrics import TurnRecord, TurnStats
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.playout import Playout, Segment
@@ -91,10 +98,9 @@ class Answer:
     record: TurnRecord
     cancel: threading.Event
     speculation: Speculation | None
-    outbox: deque = field(default_factory=deque)   # (kind, value) from the slow path, in order
+    outbox: deque[SlowPathEvent] = field(default_factory=deque)   # from the slow path's job, in order
     prefix_resolved: bool = False
     generated: bool = False
-    first_continuation: bool = True
 
 
 class Relay:
@@ -107,7 +113,7 @@ class Relay:
         self._stats = stats
         self._clock = clock
         self.created_at = clock()
-        self.vad = models.vad.stream()
+        self.vad: VoiceActivity = models.vad.stream()
         self.detector = TurnDetector()
         self.conversation = Conversation(params.max_context_turns)
         self.playout = Playout(params.output_sample_rate)
@@ -255,17 +261,17 @@ class Relay:
             # once would slow it down. The kept prefix's playback then covers the slow path.
             fast: FastResult | None = speculation.future.result() if speculation is not None else None
             final = self.models.asr.transcribe(audio, beam_size=5)
-            put(("final", final))
+            put(FinalTranscript(final))
             user_text = usable_text(final) or (usable_text(fast.transcript) if fast else "")
             if not user_text or answer.cancel.is_set():
                 return
-            put(("user", user_text))
+            put(UserTurn(user_text))
             prefix = fast.draft.text if fast is not None and fast.keep and fast.draft is not None else ""
             self._speak_continuation(answer, [*messages, {"role": "user", "content": user_text}], prefix, params, voice)
         except Exception as err:  # noqa: BLE001 - the turn fails, the conversation goes on
-            put(("error", f"{type(err).__name__}: {err}"))
+            put(SlowPathFailed(f"{type(err).__name__}: {err}"))
         finally:
-            put(("done", None))
+            put(SlowPathDone())
 
     def _speak_continuation(self, answer: Answer, messages: list[Message], prefix: str, params: RelaySpeechParams,
                             voice: Synthesizer) -> None:
@@ -274,12 +280,12 @@ class Relay:
         pending, first_piece, first_clause = "", True, True
         for piece in self.models.responder.respond(messages, prefix, params.max_answer_tokens, answer.cancel.is_set):
             if first_piece:
-                put(("first_token", time.perf_counter() - started))
+                put(FirstToken(time.perf_counter() - started))
                 piece, fragment = seam_join(prefix, piece)
                 if fragment:
-                    put(("fragment", fragment))
+                    put(SeamFragment(fragment))
                 first_piece = False
-            put(("text", piece))
+            put(ContinuationText(piece))
             pending += piece
             while True:
                 words = FIRST_CLAUSE_WORDS if first_clause else CLAUSE_WORDS
@@ -288,7 +294,7 @@ class Relay:
                     break
                 self._speak(answer, clause, voice, params)
                 first_clause = False
-        put(("llm_total", time.perf_counter() - started))
+        put(LlmFinished(time.perf_counter() - started))
         clause, _ = take_clause(pending, 1, 10**6, final=True)
         if clause:
             self._speak(answer, clause, voice, params)
@@ -297,7 +303,7 @@ class Relay:
         if answer.cancel.is_set():
             return
         speech = voice.synthesize(text)
-        answer.outbox.append(("audio", (speech_audio(speech, params.output_sample_rate, text), text, speech.seconds)))
+        answer.outbox.append(ContinuationAudio(speech_audio(speech, params.output_sample_rate, text), text, speech.seconds))
 
     # --- output and bookkeeping (worker thread) -------------------------------------------
 
@@ -347,31 +353,31 @@ class Relay:
                 else:
                     self._take_fast_result(answer, speculation.future.result())
         while answer.outbox:
-            kind, value = answer.outbox[0]
-            if kind == "audio" and not answer.prefix_resolved:
+            event = answer.outbox[0]
+            if isinstance(event, ContinuationAudio) and not answer.prefix_resolved:
                 break  # the continuation waits for the prefix, which plays first
             answer.outbox.popleft()
-            if kind == "final":
-                record.final_transcript, record.asr_final = value.text, value.seconds
-            elif kind == "user":
-                self.conversation.add("user", value)
-            elif kind == "first_token":
-                record.llm_first_token = value
-            elif kind == "fragment":
-                record.seam_fragment = value
-            elif kind == "text":
-                record.continuation += value
-            elif kind == "llm_total":
-                record.llm_total = value
-            elif kind == "audio":
-                audio, text, seconds = value
-                if record.tts_first is None:
-                    record.tts_first = seconds
-                self.playout.enqueue(Segment(audio, text, "continuation", record.turn))
-            elif kind == "error":
-                record.error = value
-            elif kind == "done":
-                answer.generated = True
+            match event:
+                case FinalTranscript():
+                    record.final_transcript, record.asr_final = event.transcript.text, event.transcript.seconds
+                case UserTurn():
+                    self.conversation.add("user", event.text)
+                case FirstToken():
+                    record.llm_first_token = event.seconds
+                case SeamFragment():
+                    record.seam_fragment = event.text
+                case ContinuationText():
+                    record.continuation += event.text
+                case LlmFinished():
+                    record.llm_total = event.seconds
+                case ContinuationAudio():
+                    if record.tts_first is None:
+                        record.tts_first = event.tts_s
+                    self.playout.enqueue(Segment(event.samples, event.text, "continuation", record.turn))
+                case SlowPathFailed():
+                    record.error = event.message
+                case SlowPathDone():
+                    answer.generated = True
 
     def _take_fast_result(self, answer: Answer, fast: FastResult) -> None:
         record = answer.record

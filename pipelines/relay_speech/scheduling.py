@@ -6,9 +6,4 @@ from __future__ import annotations
 
 from pipelines.scheduling import SchedulingProfile
 
-
-def no_shape(params) -> tuple[int, ...]:
-    return ()
-
-
-PROFILE = SchedulingProfile(slo_defaults={"target_fps": 50.0, "latency_budget_ms": 100.0}, cost_shape=no_shape)
+PROFILE = SchedulingProfile(slo_defaults={"target_fps": 50.0, "latency_budget_ms": 100.0})

@@ -35,17 +35,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 
 from models.video.bundle import VideoModels
 from models.video.eviction import AdaptiveSinkRefresh, EvictionPolicy, FifoEviction, ImportanceKeep
 from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, PositionPolicy, SinkRealign
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
-from pipelines.base import ParamError, PipelineKind, StepOutput, UpdateResult, changed_fields, merge_params, parse_params, reset_in_place, with_defaults
-from pipelines.pictures import picture_to_tensor, tensor_to_pictures
+from pipelines.base import ParamError, Pipeline, PipelineKind, StepOutput, with_defaults
+from pipelines.pictures import picture_render_params, picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.rolling_kv.schedule import (
+from pipelines.rolling_kv.sampler import (
     add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps,
 )
 from pipelines.rolling_kv.scheduling import profile_for
@@ -77,7 +76,7 @@ class _Job:
     exits: list[Chunk] = field(default_factory=list)
 
 
-class RollingKVPipeline:
+class RollingKVPipeline(Pipeline[RollingKVState]):
     name = "rolling-kv-video"
     kind = PipelineKind.VIDEO_TO_VIDEO
 
@@ -85,12 +84,10 @@ class RollingKVPipeline:
         self.models = models
         self.params_model = with_defaults(RollingKVParams, models.preset.defaults, f"RollingKVParams_{models.preset.name}")
         self.scheduling = profile_for(models)
+        self.size_multiple = models.pixel_multiple
         self.denoiser = models.transformer  # what a stage split replaces (streaming.stages)
 
     # ---- per-stream state ------------------------------------------------------------------
-
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> RollingKVState:
-        return self._build_state(parse_params(self.params_model, params), stream_id)
 
     def in_flight(self, state: RollingKVState) -> int:
         """Input pictures accepted and not handed out yet; txt2img takes no inputs, so none."""
@@ -102,15 +99,15 @@ class RollingKVPipeline:
         """Input pictures still being collected or denoised."""
         return len(state.pending) + sum(c.real_frames for c in state.slots if c is not None)
 
-    def update(self, state: RollingKVState, changes: Mapping[str, Any]) -> UpdateResult:
-        """Apply a partial update between ticks; everything is computed before anything is
-        assigned, so a rejected update (ParamError) leaves the stream as it was."""
-        new = merge_params(state.params, changes)
-        changed = changed_fields(state.params, new)
-        if not changed:
-            return UpdateResult()
-        if reset := reset_in_place(state, new, changed, self.in_flight(state), self._build_state):
-            return reset
+    def needs_input(self, params: RollingKVParams) -> bool:
+        return params.mode == "img2img"
+
+    def render_params(self, given: Mapping[str, Any], *, has_input: bool, size: tuple[int, int] | None) -> dict[str, Any]:
+        return picture_render_params(given, has_input, size)
+
+    def apply_hot(self, state: RollingKVState, new: RollingKVParams, changed: list[str]) -> None:
+        """A new prompt blends in over `transition_chunks` (at once before the first chunk); new
+        step timesteps for a new strength."""
         if "prompt" in changed:
             target = self.models.prompt_states(new.prompt)
             if new.transition_chunks > 0 and state.started:
@@ -119,10 +116,8 @@ class RollingKVPipeline:
                 text = self.models.text_kv(target)
                 state.text_states, state.text, state.transition = target, text, None
         state.timesteps = step_timesteps(new.mode, new.steps, new.strength)
-        state.params = new
-        return UpdateResult(applied=changed)
 
-    def _build_state(self, params: RollingKVParams, stream_id: str) -> RollingKVState:
+    def build_state(self, params: RollingKVParams, stream_id: str) -> RollingKVState:
         m = self.models
         if params.width % m.pixel_multiple or params.height % m.pixel_multiple:
             raise ParamError(f"width and height must be multiples of {m.pixel_multiple} for this preset", field="width")

@@ -1,5 +1,6 @@
 """How the rolling-KV video pipeline presents itself to the scheduler: default SLO, what a step's
-cost depends on, how deep its pipe is, and the quality knobs it can turn down under load."""
+cost depends on, how deep its pipe is, the quality knobs it can turn down under load, and how it
+splits across devices (by transformer layers)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from models.video.bundle import VideoModels
 from models.video.vae import pixel_frames
 from pipelines.rolling_kv.params import RollingKVParams
 from pipelines.rolling_kv.stages import split_across
-from pipelines.scheduling import SchedulingProfile, smaller_size
-from streaming.stages.placement import StageDeclaration
+from pipelines.scheduling import SchedulingProfile, StageDeclaration, smaller_size
 
 MAX_CHUNK_LATENTS = 4
 
@@ -42,7 +42,7 @@ def profile_for(models: VideoModels) -> SchedulingProfile:
         cost_shape=cost_shape,
         pipe_depth=pipe_depth,
         lower_quality=lower_quality,
-        stages=StageDeclaration(units=lambda pipeline: pipeline.models.transformer.config.num_layers,
-                                host="pipelines.rolling_kv.stages:LayerStageHost", attach=split_across),
+        stages=StageDeclaration(units=models.transformer.config.num_layers, host="pipelines.rolling_kv.stages:LayerStageHost",
+                                host_args={"source": models.source}, attach=split_across),
     )
 

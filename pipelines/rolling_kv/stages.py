@@ -26,7 +26,8 @@ import torch
 
 from models.video.kv_cache import CacheLayout, LayerBlock, RollingKVCache, RowWrite, WritePlan
 from models.video.transformer import CachedRows, TextKV
-from pipelines.registry import ModelOptions, load_pipeline
+from models.source import ModelSource
+from models.video.loading import load_video_models
 from streaming.stages.balance import Rebalancer
 from streaming.stages.group import Link, StageGroup
 
@@ -261,9 +262,8 @@ def _part_groups(groups: Sequence[CachedRows], rows: slice) -> list[CachedRows]:
 class LayerStageHost:
     """A later stage: its layers, and its replica of every stream's cache for those layers."""
 
-    def __init__(self, link: Link, source: tuple[str, ModelOptions], counts: list[int]):
-        name, options = source
-        self.models = load_pipeline(name, replace(options, device=str(link.device))).models
+    def __init__(self, link: Link, source: ModelSource, counts: list[int]):
+        self.models = load_video_models(**source.on_device(str(link.device)))
         self.model = self.models.transformer
         self.link = link
         self.counts = list(counts)

@@ -11,6 +11,7 @@ import torch
 from models.video.kv_cache import RollingKVCache
 from models.video.transformer import TextKV
 from models.video.vae import VAEStreamState
+from pipelines.base import PipelineState
 from pipelines.rolling_kv.noise_controller import MotionNoiseController
 from pipelines.rolling_kv.params import RollingKVParams
 from streaming.frames import VideoFrame
@@ -47,10 +48,9 @@ class PromptTransition:
     done: int = 0
 
 
-@dataclass
-class RollingKVState:
+@dataclass(eq=False)
+class RollingKVState(PipelineState):
     params: RollingKVParams
-    stream_id: str
     timesteps: list[float]
     """Nominal timestep of each step (img2img replaces the first per chunk)."""
     cache: RollingKVCache
@@ -70,7 +70,6 @@ class RollingKVState:
     next_latent_frame: int = 0
     ready: deque[VideoFrame] = field(default_factory=deque)
     """Finished pictures not handed out yet (they leave one per step)."""
-    next_frame_id: int = 0
 
     @property
     def num_steps(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.stream_diffusion.schedule import StepTables, denoised
+from pipelines.stream_diffusion.sampler import StepTables, denoised
 
 
 def cfg_active(cfg_type: str, guidance_scale: float) -> bool:

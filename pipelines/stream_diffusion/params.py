@@ -2,13 +2,24 @@
 
 `update` in the schema extra says how a change is applied (see `pipelines.base.UpdateClass`):
 `hot` at the next frame, `reset` empties the frames in flight first.
+
+The denoising schedule can be asked for three ways, and is normalised here into one consistent
+set whatever was asked: `t_index_list` is what runs, `steps` is always its length, and
+`strength` is set only while the schedule is the one it makes (`strength_to_t_index_list`).
+- `t_index_list` given: it runs as given; `steps` follows it; `strength` is dropped unless it
+  makes this very list (or is given too, and then must).
+- `strength` in force: the schedule is derived from it and `steps`.
+- `steps` alone on an explicit schedule: the schedule is resampled to that many steps, keeping
+  its first index (how far from the input it goes) and its last (how clean it ends).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from pipelines.base import requested_fields
 
 # LCM's discretisation: t_index i selects timestep 999 - 20*i (50 original steps).
 NUM_T_INDICES = 50
@@ -59,7 +70,8 @@ class StreamDiffusionParams(BaseModel):
     strength: float | None = _reset(
         default=None, gt=0.0, le=1.0,
         description="Shorthand for t_index_list: how far from the input to go, with `steps` steps.")
-    steps: int = _reset(default=2, ge=1, le=MAX_STEPS, description="Number of denoising steps used with `strength`.")
+    steps: int = _reset(default=2, ge=1, le=MAX_STEPS, description="Denoising steps: always the length of t_index_list; "
+                       "changing it derives the schedule from `strength`, or resamples an explicit one.")
     cfg_type: Literal["none", "full", "self", "onetime"] = _hot(
         default="self", description="Residual CFG: none, full (real negative every step), self (free), onetime (one real negative per frame).")
     guidance_scale: float = _hot(default=1.2, ge=0.0, le=20.0, description="CFG is active above 1.")
@@ -73,14 +85,13 @@ class StreamDiffusionParams(BaseModel):
     filter_max_skip: int = _hot(default=10, ge=0, le=1000, description="Frames the filter may skip before one is forced.")
 
     @model_validator(mode="after")
-    def _check(self) -> StreamDiffusionParams:
-        if self.strength is not None:
-            self.t_index_list = strength_to_t_index_list(self.strength, self.steps)
+    def _check(self, info: ValidationInfo) -> StreamDiffusionParams:
         idx = self.t_index_list
         if any(i < 0 or i >= NUM_T_INDICES for i in idx):
             raise ValueError(f"t_index_list values must be in 0..{NUM_T_INDICES - 1}, got {idx}")
         if any(b <= a for a, b in zip(idx, idx[1:])):
             raise ValueError(f"t_index_list must be strictly increasing, got {idx}")
+        self._normalise_schedule(requested_fields(self, info))
         if self.mode == "txt2img" and self.cfg_type in ("self", "onetime") and self.guidance_scale > 1:
             raise ValueError(
                 f"cfg_type {self.cfg_type!r} needs an input image (its residual noise is measured against it); "
@@ -90,6 +101,27 @@ class StreamDiffusionParams(BaseModel):
         if self.seeds is not None and sum(s.weight for s in self.seeds) <= 0:
             raise ValueError("seeds: the weights must not all be zero")
         return self
+
+
+    def _normalise_schedule(self, requested: set[str]) -> None:
+        """`t_index_list`, `steps` and `strength` made consistent (see the module docstring).
+        Assigned through __dict__: the values are already validated, and assigning fields would
+        mark them as given."""
+        values = self.__dict__
+        if "t_index_list" in requested:
+            steps = len(self.t_index_list)
+            if "steps" in requested and self.steps != steps:
+                raise ValueError(f"steps ({self.steps}) disagrees with t_index_list {self.t_index_list}; give one of them")
+            values["steps"] = steps
+            if self.strength is not None and strength_to_t_index_list(self.strength, steps) != self.t_index_list:
+                if "strength" in requested:
+                    raise ValueError(f"strength {self.strength} makes t_index_list "
+                                     f"{strength_to_t_index_list(self.strength, steps)}, not {self.t_index_list}; give one of them")
+                values["strength"] = None  # an explicit schedule replaces the shorthand
+        elif self.strength is not None:
+            values["t_index_list"] = strength_to_t_index_list(self.strength, self.steps)
+        elif self.steps != len(self.t_index_list):
+            values["t_index_list"] = resample_t_index_list(self.t_index_list, self.steps)
 
 
 # The last index of StreamDiffusion's usual schedules ([32, 45], [35, 45], [0, 16, 32, 45]):
@@ -110,6 +142,28 @@ def strength_to_t_index_list(strength: float, steps: int) -> list[int]:
     last = min(last, NUM_T_INDICES - 1)
     span = last - first
     idx = [first + round(span * k / (steps - 1)) for k in range(steps)]
+    for k in range(1, steps):  # keep strictly increasing after rounding
+        idx[k] = max(idx[k], idx[k - 1] + 1)
+    return idx
+
+
+def resample_t_index_list(t_index_list: list[int], steps: int) -> list[int]:
+    """An explicit schedule with `steps` steps, keeping its first and last index. Fewer steps
+    keep evenly chosen indices of the schedule; more spread evenly between the ends (a one-step
+    schedule's end is strength's: index 45, or packed after the first when that is later)."""
+    count = len(t_index_list)
+    if steps == count:
+        return list(t_index_list)
+    if steps < count:
+        if steps == 1:
+            return [t_index_list[0]]
+        return [t_index_list[round(k * (count - 1) / (steps - 1))] for k in range(steps)]
+    first = t_index_list[0]
+    last = t_index_list[-1] if count > 1 else max(_LAST_INDEX, first + steps - 1)
+    last = min(max(last, first + steps - 1), NUM_T_INDICES - 1)
+    if last - first + 1 < steps:
+        raise ValueError(f"t_index_list {t_index_list} starts too late for {steps} steps (indices end at {NUM_T_INDICES - 1})")
+    idx = [first + round((last - first) * k / (steps - 1)) for k in range(steps)]
     for k in range(1, steps):  # keep strictly increasing after rounding
         idx[k] = max(idx[k], idx[k - 1] + 1)
     return idx

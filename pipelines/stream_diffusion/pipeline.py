@@ -19,16 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 
 from models.diffusion import DiffusionModels, PromptEmbeds
-from pipelines.base import PipelineKind, StepOutput, UpdateResult, changed_fields, merge_params, parse_params, reset_in_place, with_defaults
-from pipelines.pictures import picture_to_tensor, tensor_to_pictures
+from pipelines.base import Pipeline, PipelineKind, StepOutput, with_defaults
+from pipelines.pictures import picture_render_params, picture_to_tensor, tensor_to_pictures
 from pipelines.stream_diffusion.blending import blend, seeded_noise
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.params import StreamDiffusionParams
-from pipelines.stream_diffusion.schedule import StepTables, denoised, make_step_tables, noise_from_model_output
-from pipelines.stream_diffusion.scheduling import PROFILE
+from pipelines.stream_diffusion.sampler import denoised, make_step_tables, noise_from_model_output
+from pipelines.stream_diffusion.scheduling import profile_for
 from pipelines.stream_diffusion.similarity_filter import SimilarityFilter
 from pipelines.stream_diffusion.state import StreamState
 from streaming.frames import VideoFrame
@@ -52,45 +51,41 @@ class _Job:
     uncond_rows: slice | None = None
 
 
-class StreamDiffusionPipeline:
+class StreamDiffusionPipeline(Pipeline[StreamState]):
     name = "stream-diffusion"
     kind = PipelineKind.VIDEO_TO_VIDEO
-    scheduling = PROFILE
+    size_multiple = 8
 
     def __init__(self, models: DiffusionModels):
         self.models = models
         self.params_model = with_defaults(StreamDiffusionParams, models.preset.defaults, f"StreamDiffusionParams_{models.preset.name}")
-        self.denoise = models.predict  # the UNet call a stage split replaces (streaming.stages)
+        self.scheduling = profile_for(models)
+        self.denoiser = models.predict  # the UNet call a stage split replaces (streaming.stages)
 
     # ---- per-stream state ------------------------------------------------------------------
-
-    def new_state(self, params: Mapping[str, Any] | BaseModel | None = None, stream_id: str = "") -> StreamState:
-        return self._build_state(parse_params(self.params_model, params), stream_id)
 
     def in_flight(self, state: StreamState) -> int:
         return sum(frame is not None for frame in state.slots)
 
-    def update(self, state: StreamState, changes: Mapping[str, Any]) -> UpdateResult:
-        """Apply a partial update between ticks. Everything new is computed before anything is
-        assigned, so a rejected update (ParamError) leaves the stream exactly as it was."""
-        changes = dict(changes)
-        if "t_index_list" in changes and "strength" not in changes:
-            changes["strength"] = None  # an explicit schedule replaces the strength shorthand
-        new = merge_params(state.params, changes)
-        changed = changed_fields(state.params, new)
-        if not changed:
-            return UpdateResult()
-        if reset := reset_in_place(state, new, changed, self.in_flight(state), self._build_state):
-            return reset
+    def needs_input(self, params: StreamDiffusionParams) -> bool:
+        return params.mode == "img2img"
+
+    def render_params(self, given: Mapping[str, Any], *, has_input: bool, size: tuple[int, int] | None) -> dict[str, Any]:
+        params = picture_render_params(given, has_input, size)
+        if not has_input and "cfg_type" not in given:
+            params["cfg_type"] = "none"  # self and onetime measure their residual against an input image
+        return params
+
+    def apply_hot(self, state: StreamState, new: StreamDiffusionParams, changed: list[str]) -> None:
+        """New prompt embeddings and noise; everything is computed before anything is assigned."""
         cond = self._prompt_embeds(new) if PROMPT_FIELDS & set(changed) else state.cond
         uncond = self.models.encode_prompt([new.negative_prompt]) if "negative_prompt" in changed else state.uncond
         if SEED_FIELDS & set(changed):
             state.init_noise = self._slot_noise(new, state.num_steps, state.latent_shape)
             state.generator.manual_seed(_main_seed(new))
-        state.cond, state.uncond, state.params = cond, uncond, new
-        return UpdateResult(applied=changed)
+        state.cond, state.uncond = cond, uncond
 
-    def _build_state(self, params: StreamDiffusionParams, stream_id: str) -> StreamState:
+    def build_state(self, params: StreamDiffusionParams, stream_id: str) -> StreamState:
         m = self.models
         tables = make_step_tables(params.t_index_list, m.alphas_cumprod, m.preset.boundary_condition, m.device, m.dtype)
         n = len(tables)
@@ -178,7 +173,7 @@ class StreamDiffusionPipeline:
         rows_x, rows_t, rows_embeds = [], [], []
         for job in jobs:
             self._plan_rows(job, encoded.get(id(job)), rows_x, rows_t, rows_embeds)
-        model_out = self.denoise(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
+        model_out = self.denoiser(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
 
         exits: list[tuple[_Job, VideoFrame, torch.Tensor]] = []
         for job in jobs:

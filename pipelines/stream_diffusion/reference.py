@@ -13,7 +13,7 @@ import torch
 from pipelines.pictures import picture_to_tensor
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.pipeline import StreamDiffusionPipeline
-from pipelines.stream_diffusion.schedule import denoised, noise_from_model_output
+from pipelines.stream_diffusion.sampler import denoised, noise_from_model_output
 from pipelines.stream_diffusion.state import StreamState
 
 

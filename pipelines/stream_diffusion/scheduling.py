@@ -1,14 +1,15 @@
 """How the stream-diffusion pipeline presents itself to the scheduler: default SLO, what a step's
-cost depends on, how deep its pipe is, and the quality knobs it can turn down under load."""
+cost depends on, how deep its pipe is, the quality knobs it can turn down under load, and how
+it splits across devices."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipelines.scheduling import SchedulingProfile, smaller_size
+from models.diffusion import DiffusionModels
+from pipelines.scheduling import SchedulingProfile, StageDeclaration, smaller_size
 from pipelines.stream_diffusion.params import StreamDiffusionParams
 from pipelines.stream_diffusion.stages import split_rows
-from streaming.stages.placement import StageDeclaration
 
 SIZE_MULTIPLE = 64  # pixels: the UNet halves the latent three times
 SIZE_FLOOR = 128
@@ -24,27 +25,22 @@ def pipe_depth(params: StreamDiffusionParams) -> int:
     return len(params.t_index_list) - 1
 
 
-def fewer_steps(t_index_list: list[int]) -> list[int]:
-    """One step less, keeping the first index (how far from the input it goes) and the last
-    (how clean it ends), the rest spread between them."""
-    n = len(t_index_list) - 1
-    if n == 1:
-        return [t_index_list[0]]
-    return [t_index_list[round(i * n / (n - 1))] for i in range(n)]
-
-
 def lower_quality(params: StreamDiffusionParams, knob: str) -> dict[str, Any] | None:
-    if knob == "steps" and len(params.t_index_list) > 1:
-        return {"t_index_list": fewer_steps(params.t_index_list)}
+    """One step less (the parameters resample the schedule, keeping its first and last index,
+    or derive it again from `strength`), or a smaller picture."""
+    if knob == "steps" and params.steps > 1:
+        return {"steps": params.steps - 1}
     if knob == "resolution":
         return smaller_size(params, SIZE_MULTIPLE, SIZE_FLOOR)
     return None
 
 
-PROFILE = SchedulingProfile(
-    slo_defaults={"target_fps": 30.0, "latency_budget_ms": 500.0},
-    cost_shape=cost_shape,
-    pipe_depth=pipe_depth,
-    lower_quality=lower_quality,
-    stages=StageDeclaration(units=None, host="pipelines.stream_diffusion.stages:RowStageHost", attach=split_rows),
-)
+def profile_for(models: DiffusionModels) -> SchedulingProfile:
+    return SchedulingProfile(
+        slo_defaults={"target_fps": 30.0, "latency_budget_ms": 500.0},
+        cost_shape=cost_shape,
+        pipe_depth=pipe_depth,
+        lower_quality=lower_quality,
+        stages=StageDeclaration(units=None, host="pipelines.stream_diffusion.stages:RowStageHost",
+                                host_args={"source": models.source}, attach=split_rows),
+    )

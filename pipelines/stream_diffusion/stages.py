@@ -15,13 +15,13 @@ Rank 0 runs the pipeline and its own rows; the later ranks' rows travel along th
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
 
 from models.diffusion import PromptEmbeds
-from pipelines.registry import ModelOptions, load_pipeline
+from models.loading import load_diffusion_models
+from models.source import ModelSource
 from streaming.stages.balance import balanced_split
 from streaming.stages.group import Link, StageGroup
 
@@ -29,7 +29,7 @@ EMA = 0.2
 
 
 class StagedUNet:
-    """Stands in for `DiffusionModels.predict` on rank 0 (`StreamDiffusionPipeline.denoise`)."""
+    """Stands in for `DiffusionModels.predict` on rank 0 (`StreamDiffusionPipeline.denoiser`)."""
 
     def __init__(self, pipeline: Any, group: StageGroup, program: str):
         self.models = pipeline.models
@@ -61,9 +61,8 @@ class StagedUNet:
 class RowStageHost:
     """A later rank: a copy of the models, computing its share of each call's rows."""
 
-    def __init__(self, link: Link, source: tuple[str, ModelOptions], counts: list[int] | None = None):
-        name, options = source
-        self.models = load_pipeline(name, replace(options, device=str(link.device))).models
+    def __init__(self, link: Link, source: ModelSource, counts: list[int] | None = None):
+        self.models = load_diffusion_models(**source.on_device(str(link.device)))
         self.link = link
 
     def handle(self, header: dict[str, Any], tensors: list[torch.Tensor]) -> None:
@@ -88,5 +87,5 @@ class RowStageHost:
 def split_rows(pipeline: Any, group: StageGroup, counts: list[int] | None, program: str, rebalancer: Any = None) -> StagedUNet:
     """Run `pipeline`'s UNet calls split over `group` by rows (step groups)."""
     staged = StagedUNet(pipeline, group, program)
-    pipeline.denoise = staged
+    pipeline.denoiser = staged
     return staged

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 import torch
 
 from models.diffusion import PromptEmbeds
+from pipelines.base import PipelineState
 from pipelines.stream_diffusion.params import StreamDiffusionParams
-from pipelines.stream_diffusion.schedule import StepTables
+from pipelines.stream_diffusion.sampler import StepTables
 from pipelines.stream_diffusion.similarity_filter import SimilarityFilter
 from streaming.frames import VideoFrame
 
 
-@dataclass
-class StreamState:
+@dataclass(eq=False)
+class StreamState(PipelineState):
     params: StreamDiffusionParams
-    stream_id: str
     tables: StepTables
     cond: PromptEmbeds
     """(1, ...) prompt embedding, blended when several prompts are given."""
@@ -38,7 +38,6 @@ class StreamState:
     """Per-stream randomness: txt2img noise and the similarity filter's draws."""
     filter: SimilarityFilter = field(default_factory=SimilarityFilter)
     last_output: VideoFrame | None = None
-    next_frame_id: int = 0
 
     @property
     def num_steps(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -19,17 +18,12 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming.frames import AudioChunk, VideoFrame
-from streaming.pacing import PtsPacer
+from streaming.output_queue import PacedOutput
 from streaming.webrtc.codecs import use_start_bitrate
 from streaming.webrtc.ingest import AUDIO_LAYOUT, AUDIO_RATE
 
 VIDEO_CLOCK = 90000
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
-OUTPUT_BACKLOG = 32        # most generated frames waiting to be sent
-# Queued frames may span this much capture time: a chunk's burst, paced out by pts. A longer
-# queue means the encoder (or the link) is slower than the model, and then the oldest frames
-# are superseded: sending them would only add latency.
-MAX_QUEUED_SPAN_S = 0.25
 AUDIO_PTIME = 0.020
 AUDIO_FRAME_SAMPLES = round(AUDIO_RATE * AUDIO_PTIME)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
@@ -38,56 +32,35 @@ AUDIO_MAX_LAG_S = 0.200    # a pacing clock this far behind (a stalled loop) res
 
 
 class GeneratedVideoTrack(MediaStreamTrack):
-    """`recv()` waits for the next generated frame. Frames older than the latency budget, or
-    superseded while the encoder lags (see MAX_QUEUED_SPAN_S), are dropped (`on_dropped`)
-    rather than sent late; `on_sent(frame, pts)` hears about each frame handed to the encoder
-    with the RTP pts it got."""
+    """`recv()` waits for the next generated frame, paced and dropped by the rule every
+    transport shares (`PacedOutput`: dropped frames call `on_dropped`); `on_sent(frame, pts)`
+    hears about each frame handed to the encoder with the RTP pts it got."""
 
     kind = "video"
 
     def __init__(self, target_fps: float, latency_budget_s: float,
                  on_sent: Callable[[VideoFrame, int], None] | None = None, on_dropped: Callable[[], None] | None = None):
         super().__init__()
-        self._frames: deque[VideoFrame] = deque()
-        self._ready = asyncio.Event()
-        self._pacer = PtsPacer(max_wait=1 / target_fps)
-        self._target_fps = target_fps
-        self._budget_s = latency_budget_s
+        self._output: PacedOutput[VideoFrame] = PacedOutput(lambda frame: frame, target_fps, latency_budget_s, on_dropped)
         self._on_sent = on_sent
-        self._on_dropped = on_dropped
         self._clock_start: float | None = None
         self._last_pts = -1
 
     def set_slo(self, target_fps: float, latency_budget_s: float) -> None:
-        self._target_fps = target_fps
-        self._pacer.max_wait = 1 / target_fps
-        self._budget_s = latency_budget_s
+        self._output.set_slo(target_fps, latency_budget_s)
 
     def push(self, frame: VideoFrame) -> None:
         """Queue a generated frame (event loop only)."""
-        stale_before = time.monotonic() - self._budget_s
-        while self._frames and (len(self._frames) >= OUTPUT_BACKLOG or self._frames[0].timestamps.get("finished", 0.0) < stale_before
-                                or _span(self._frames[0], frame) > MAX_QUEUED_SPAN_S):
-            self._frames.popleft()
-            if self._on_dropped is not None:
-                self._on_dropped()
-        self._frames.append(frame)
-        self._ready.set()
+        self._output.push(frame)
 
     async def recv(self) -> av.VideoFrame:
-        while not self._frames:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._ready.clear()
-            await self._ready.wait()
-        frame = self._frames.popleft()
-        delay = self._pacer.delay(frame.pts, time.monotonic())
-        if delay > 0:
-            await asyncio.sleep(delay)
+        frame = await self._output.take()
+        if frame is None:
+            raise MediaStreamError
         now = time.monotonic()
         if self._clock_start is None:
             self._clock_start = now
-            use_start_bitrate(frame.width, frame.height, self._target_fps)
+            use_start_bitrate(frame.width, frame.height, self._output.target_fps)
         pts = max(self._last_pts + 1, round((now - self._clock_start) * VIDEO_CLOCK))
         self._last_pts = pts
         out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
@@ -98,11 +71,7 @@ class GeneratedVideoTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        self._ready.set()  # a recv() waiting for a frame ends
-
-
-def _span(older: VideoFrame, newer: VideoFrame) -> float:
-    return 0.0 if older.pts is None or newer.pts is None else newer.pts - older.pts
+        self._output.close()  # a recv() waiting for a frame ends
 
 
 class GeneratedAudioTrack(MediaStreamTrack):

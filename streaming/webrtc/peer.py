@@ -146,7 +146,7 @@ class SessionPeer:
             if self.audio_out is not None:
                 self.audio_out.push(event.chunk)
                 if self.streams_session:
-                    self.session.stats.count("audio_chunks_out")
+                    self.session.count_audio_sent()
         else:
             if self.on_session_event is not None:
                 self.on_session_event(event)

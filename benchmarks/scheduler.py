@@ -167,7 +167,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print("step costs (fixed + per stream, ms): " + ", ".join(f"{k} {c.fixed_s * 1000:.1f} + {c.per_work_s * 1000:.1f}" for k, c in costs.items()))
     print(f"mix: {len(sessions())} sessions over {DURATION_S:.0f} s (see sessions())\n")
-    print("| policy | admitted | refused | SLO attainment (admitted) | SLO attainment (all) | throughput fps | p99 latency ms | dropped | quality moves |")
+    print("| policy | admitted | refused | SLO attainment (admitted) | SLO attainment (all) | throughput fps | p99 latency ms "
+          "| dropped | quality moves |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in run_policies(costs):
         print(f"| {r.policy} | {r.admitted} | {r.refused} | {r.attainment_admitted:.1%} | {r.attainment_all:.1%} | {r.fps:.1f} | "

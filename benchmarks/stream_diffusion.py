@@ -17,7 +17,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, sync
 from pipelines.stream_diffusion.reference import denoise_sequential

@@ -23,9 +23,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from streaming.codec import decode_image, encode_image
-from streaming.protocol import (
-    AUDIO_FORMATS, FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaHeader, MediaKind, pack_media, unpack_media,
-)
+from streaming.protocol import AUDIO_FORMATS, FLAG_REUSED, PROTOCOL_VERSION, VIDEO_FORMATS, MediaHeader, MediaKind, pack_media, unpack_media
 
 
 class StreamClientError(Exception):

@@ -17,11 +17,9 @@ from typing import Any
 
 from streaming.errors import ErrorCode, StreamError
 from streaming.metrics import ServerMetrics
-from streaming.protocol import (
-    PROTOCOL_VERSION, StartMessage, StatsRequest, StopMessage, UpdateMessage, parse_control, request_id_of,
-)
+from streaming.protocol import PROTOCOL_VERSION, StartMessage, StatsRequest, StopMessage, UpdateMessage, parse_control, request_id_of
 from streaming.session import QualityChanged, Session, SessionClosed, SessionEvent, StreamNotice
-from streaming.sessions import SessionManager
+from streaming.sessions import QueuedCallback, SessionManager
 from streaming.stats import StatCount
 
 log = logging.getLogger(__name__)
@@ -39,6 +37,14 @@ class ControlProtocol:
         self.session: Session | None = None
         self._starting = False  # a start is being admitted (it may wait in line)
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def started_session(self) -> Session:
+        """The session, for what runs only once one started: handle_text answers NOT_STARTED to
+        requests before `session` is set, and it is never cleared afterwards."""
+        session = self.session
+        assert session is not None, "a request that needs a session ran before one started"
+        return session
 
     # --- what a transport provides -------------------------------------------------------------
 
@@ -134,30 +140,31 @@ class ControlProtocol:
                               "needs_input": info.needs_input, "params": info.params, "slo": info.slo.model_dump(),
                               "slo_estimate": session.admitted_estimate, **extra})
 
-    def _queued_reporter(self, request_id: str | None):
+    def _queued_reporter(self, request_id: str | None) -> QueuedCallback:
         async def report(position: int, reason: str) -> None:
             await self.send_json({"type": "queued", "request_id": request_id, "position": position, "reason": reason})
 
         return report
 
     async def _update(self, message: UpdateMessage) -> None:
+        session = self.started_session
         try:
-            report = await self.sessions.update(self.session, message.params, message.slo)
+            report = await self.sessions.update(session, message.params, message.slo)
         except StreamError as err:
             await self.send_error(err, request_id=message.request_id)
             return
         if message.slo is not None:
-            self.on_slo_changed(self.session)
+            self.on_slo_changed(session)
         await self.send_json({"type": "ack", "request_id": message.request_id, **report.model_dump(mode="json")})
 
     async def _stop(self, message: StopMessage) -> None:
         stats = self.stats_message(None)
-        self.sessions.close(self.session.id)
+        self.sessions.close(self.started_session.id)
         await self.send_json({"type": "stopped", "request_id": message.request_id, "reason": "client", "stats": stats})
         await self.close_transport()
 
     def stats_message(self, request_id: str | None) -> dict:
-        session = self.session
+        session = self.started_session
         return {"type": "stats", "request_id": request_id, "session_id": session.id, "pipeline": session.pipeline_name,
                 **session.stats_snapshot()}
 
@@ -197,14 +204,17 @@ class ControlProtocol:
         task = asyncio.create_task(self._guarded(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before it ran (the connection closed) never awaited `coroutine`: close it
+        # so it is not reported as never awaited. Closing a finished coroutine does nothing.
+        task.add_done_callback(lambda _: coroutine.close())
 
     async def _guarded(self, coroutine: Coroutine) -> None:
         """Background work ends quietly when the peer has gone; other failures are logged."""
         try:
             await coroutine
-        except (*self.GONE, asyncio.CancelledError):
+        except self.GONE + (asyncio.CancelledError,):
             pass
-        except Exception:  # noqa: BLE001 - a bug in one background task must not end the stream
+        except Exception:  # a bug in one background task must not end the stream
             log.exception("stream task failed")
 
     def cancel_tasks(self) -> None:

@@ -15,7 +15,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-Shape = tuple[int, ...]
+# A cost shape: numbers whose product is a stream's relative work. Pipelines give whole numbers
+# (steps, pixels: pipelines.scheduling.Shape); the simulator gives fractional work per frame.
+Shape = tuple[float, ...]
 Composition = tuple[tuple[Shape, int], ...]
 
 EMA = 0.2  # weight of a new measurement: about the last five steps

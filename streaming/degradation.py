@@ -61,8 +61,9 @@ class DegradationPolicy:
         if self._calm_since is None or now - self._calm_since < self.hold_s:
             return None
         margin = (self.high - self.low) / 2
-        for view in sorted((v for v in views if v.higher is not None), key=lambda v: _cost_of(self.costs, v.higher) - _cost_of(self.costs, v.demand)):
-            trial = forecast([view.higher if d.session_id == view.demand.session_id else d for d in current], self.costs, capacity=1.0)
+        raisable = [(v, v.higher) for v in views if v.higher is not None]
+        for view, higher in sorted(raisable, key=lambda pair: _cost_of(self.costs, pair[1]) - _cost_of(self.costs, pair[0].demand)):
+            trial = forecast([higher if d.session_id == view.demand.session_id else d for d in current], self.costs, capacity=1.0)
             if trial.utilization <= self.high - margin:
                 return self._move(view.demand.session_id, "up", now,
                                   f"load fell to {load.utilization:.0%}; one level up needs {trial.utilization:.0%}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -64,7 +65,8 @@ class _SessionCollector(Collector):
         fps_out = GaugeMetricFamily("latentcast_session_fps_out", "Output frames per second of a session.", labels=["session", "pipeline"])
         latency = GaugeMetricFamily("latentcast_session_latency_seconds", "Received-to-sent latency quantiles over the recent frames.",
                                     labels=["session", "pipeline", "quantile"])
-        dropped = GaugeMetricFamily("latentcast_session_dropped_frames", "Frames dropped by a session so far.", labels=["session", "pipeline", "where"])
+        dropped = GaugeMetricFamily("latentcast_session_dropped_frames", "Frames dropped by a session so far.",
+                                    labels=["session", "pipeline", "where"])
         misses = GaugeMetricFamily("latentcast_session_deadline_misses", "Frames sent later than the session's latency budget.",
                                    labels=["session", "pipeline"])
         for s in self._sessions():
@@ -92,7 +94,8 @@ class ServerMetrics:
         self._frames_received = Counter("latentcast_frames_received_total", "Input frames received.", ["pipeline"], registry=r)
         self._frames_sent = Counter("latentcast_frames_sent_total", "Output frames sent.", ["pipeline"], registry=r)
         self._dropped = Counter("latentcast_frames_dropped_total", "Frames dropped: input replaced before use (latest wins), "
-                                "input older than its latency budget (stale), or output a slow client could not take.", ["pipeline", "where"], registry=r)
+                                "input older than its latency budget (stale), or output a slow client could not take.",
+                                ["pipeline", "where"], registry=r)
         self._misses = Counter("latentcast_deadline_misses_total", "Frames sent later than their session's latency budget.", ["pipeline"], registry=r)
         self._latency = Histogram("latentcast_frame_latency_seconds", "Received-to-sent latency of output frames.", ["pipeline"],
                                   buckets=_LATENCY_BUCKETS, registry=r)

@@ -108,8 +108,8 @@ class SloSpec(BaseModel):
     defaults here stand for pipelines that declare none."""
 
     model_config = ConfigDict(extra="forbid")
-    target_fps: float = Field(30.0, gt=0, le=240)
-    latency_budget_ms: float = Field(500.0, gt=0, le=60_000)
+    target_fps: float = Field(default=30.0, gt=0, le=240)
+    latency_budget_ms: float = Field(default=500.0, gt=0, le=60_000)
     degrade: list[Literal["steps", "resolution", "chunk"]] = Field(
         default_factory=list, exclude_if=lambda knobs: not knobs,
         description="Quality the server may lower under load, in order of preference (fewer denoising steps, "
@@ -119,7 +119,7 @@ class SloSpec(BaseModel):
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["jpeg", "webp", "rgb24"] = "jpeg"
-    quality: int = Field(85, ge=1, le=100)
+    quality: int = Field(default=85, ge=1, le=100)
 
 
 class StartMessage(BaseModel):
@@ -157,7 +157,7 @@ class StopMessage(BaseModel):
 
 
 ControlMessage = StartMessage | UpdateMessage | StatsRequest | StopMessage
-_MESSAGE_MODELS: dict[str, type[BaseModel]] = {
+_MESSAGE_MODELS: dict[str, type[ControlMessage]] = {
     "start": StartMessage, "update": UpdateMessage, "stats": StatsRequest, "stop": StopMessage}
 
 

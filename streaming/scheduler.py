@@ -65,7 +65,10 @@ class StreamView:
         if not self.needs_input:
             return self.next_due + period
         budget = self.latency_budget_s
-        return self.input_since + max(budget - self.pipe_depth * period, budget / (self.pipe_depth + 1))
+        since = self.input_since
+        # The scheduler asks only ready streams: an input-driven one has a frame waiting.
+        assert since is not None, "an input-driven stream has a deadline only while a frame waits"
+        return since + max(budget - self.pipe_depth * period, budget / (self.pipe_depth + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,8 @@ class SloScheduler:
         if not missing or not lead.needs_input:
             return -math.inf
         step = self._cost(peers)
-        oldest = min(s.input_since for s in peers if s.needs_input)
+        # peers are ready streams: every input-driven one has a frame waiting (input_since set)
+        oldest = min(s.input_since for s in peers if s.needs_input and s.input_since is not None)
         return min(oldest + min(GATHER_CAP_S, GATHER_SHARE * step), lead.deadline() - step)
 
     def _cost(self, streams: Sequence[StreamView]) -> float:

@@ -92,11 +92,11 @@ class SessionManager:
         """Admit and build a session. With `on_queued`, a start that does not fit waits in line
         (told its position through the callback) instead of being refused."""
         if not self.worker.ready.is_set():
-            state = f"loading the models failed ({self.worker.failed})" if self.worker.failed else "models are still loading"
-            raise StreamError(ErrorCode.NOT_READY, f"{state}; see /health")
+            why = f"loading the models failed ({self.worker.failed})" if self.worker.failed else "models are still loading"
+            raise StreamError(ErrorCode.NOT_READY, f"{why}; see /health")
         name = pipeline_name or self.default_pipeline
-        pipeline = self.worker.pipelines.get(name or "")
-        if pipeline is None:
+        pipeline = self.worker.pipelines.get(name) if name is not None else None
+        if name is None or pipeline is None:
             raise StreamError(ErrorCode.UNKNOWN_PIPELINE, f"unknown pipeline {name!r}; this server runs {', '.join(self.worker.pipelines)}")
         try:
             parsed = parse_params(pipeline.params_model, params)

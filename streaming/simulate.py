@@ -181,6 +181,8 @@ def _run(batch: Batch, live: dict[str, _Live], results: dict[str, StreamResult],
         r, s = results[x.spec.name], x.spec
         r.compute_s += (finished - now) * work / sum(works)
         if s.needs_input:
+            # the policy batches an input-driven stream only while a frame waits in its slot
+            assert x.slot is not None, f"{s.name} was batched with an empty slot"
             arrived, x.slot = x.slot, None
         else:
             r.offered += 1
@@ -197,7 +199,8 @@ def _run(batch: Batch, live: dict[str, _Live], results: dict[str, StreamResult],
     return finished
 
 
-def _degrade(policy: DegradationPolicy, live: dict[str, _Live], results: dict[str, StreamResult], demand_at, now: float) -> None:
+def _degrade(policy: DegradationPolicy, live: dict[str, _Live], results: dict[str, StreamResult],
+             demand_at: Callable[[_Live, int], Demand], now: float) -> None:
     views = [QualityView(demand_at(x, x.level),
                          demand_at(x, x.level + 1) if x.level < len(x.spec.levels) else None,
                          demand_at(x, x.level - 1) if x.level > 0 else None) for x in live.values()]

@@ -13,10 +13,11 @@ import itertools
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import TracebackType
 
 import av
 import numpy as np
@@ -76,10 +77,11 @@ class VideoFileReader:
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
             self._decoded = self._decode()
-            self._first = next(self._decoded, None)
-            if self._first is None:
+            first = next(self._decoded, None)
+            if first is None:
                 raise MediaFileError(f"{self.path}: has no video frames")
-            self.info = self._describe(self._first)
+            self._first = first
+            self.info = self._describe(first)
         except BaseException:
             self.close()
             raise
@@ -121,11 +123,11 @@ class VideoFileReader:
         turns = self.info.rotation // 90
         stored_width, stored_height = (height, width) if turns % 2 else (width, height)
         period = float(1 / self.info.frame_rate)
-        pts = None
+        pts: float | None = None
         for index, decoded in enumerate(itertools.chain([self._first], self._decoded)):
             # Frames without a timestamp follow the previous one by one frame period.
             pts = decoded.time if decoded.time is not None else (0.0 if pts is None else pts + period)
-            image = decoded.to_ndarray(format="rgb24", width=stored_width, height=stored_height)
+            image: np.ndarray = decoded.to_ndarray(format="rgb24", width=stored_width, height=stored_height)
             if turns:
                 image = np.ascontiguousarray(np.rot90(image, turns))
             yield VideoFrame(image, index, pts)
@@ -136,7 +138,7 @@ class VideoFileReader:
     def __enter__(self) -> VideoFileReader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -149,21 +151,27 @@ def resample_frame_rate(frames: Iterator[VideoFrame], rate: Fraction, duration: 
     """
     period = 1 / rate
     index = 0
-    start = None
+    start = 0.0
     current: VideoFrame | None = None
     for frame in frames:
-        if current is not None:
-            index = yield from _fill_grid(current, start, period, index, until=frame.pts)
-        if start is None:
+        if current is None:
             start = frame.pts or 0.0
+        else:
+            index = yield from _fill_grid(current, start, period, index, until=_timed(frame))
         current = frame
     if current is not None:
         end = start + duration if duration else -math.inf
-        until = end if end > current.pts else float(start + (index + 1) * period)
+        until = end if end > _timed(current) else float(start + (index + 1) * period)
         yield from _fill_grid(current, start, period, index, until)
 
 
-def _fill_grid(frame: VideoFrame, start: float, period: Fraction, index: int, until: float) -> Iterator[VideoFrame]:
+def _timed(frame: VideoFrame) -> float:
+    """The pts of a frame placed on the grid (VideoFileReader gives every frame one)."""
+    assert frame.pts is not None, f"frame {frame.frame_id} has no pts to resample it by"
+    return frame.pts
+
+
+def _fill_grid(frame: VideoFrame, start: float, period: Fraction, index: int, until: float) -> Generator[VideoFrame, None, int]:
     """Copies of `frame` at the grid times before `until`, numbered on from `index`; returns the next index."""
     while float(start + index * period) < until - 1e-9:
         yield VideoFrame(frame.image, index, float(start + index * period), frame.stream_id, dict(frame.timestamps))
@@ -250,6 +258,7 @@ class VideoFileWriter:
         takes_h264 = "h264" in container.supported_codecs or container.format.name == "mpegts"
         codec = "h264" if takes_h264 else container.default_video_codec
         stream = container.add_stream(codec, rate=self._frame_rate)
+        assert isinstance(stream, av.VideoStream)  # a video codec; PyAV's stubs give a str codec name any kind of stream
         formats = [f.name for f in stream.codec_context.codec.video_formats or []]
         stream.pix_fmt = "yuv420p" if not formats or "yuv420p" in formats else formats[0]
         if stream.pix_fmt == "yuv420p" and (width % 2 or height % 2):
@@ -292,7 +301,7 @@ class VideoFileWriter:
     def __enter__(self) -> VideoFileWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -324,9 +333,17 @@ class _AudioCopy:
     def add_stream(self) -> None:
         if self._reencode:
             source = self._source_stream
-            self._stream = self._output.add_stream(self.codec, rate=source.rate, layout=source.layout.name)
+            stream = self._output.add_stream(self.codec, rate=source.rate, layout=source.layout.name)
+            assert isinstance(stream, av.AudioStream)  # an audio codec; PyAV's stubs give a str codec name any kind of stream
+            self._stream = stream
         else:
             self._stream = self._output.add_stream_from_template(self._source_stream)
+
+    @property
+    def _stream_added(self) -> av.AudioStream:
+        """The output stream: VideoFileWriter adds it with the first frame, before any audio is written."""
+        assert self._stream is not None, "audio written before add_stream()"
+        return self._stream
 
     def mux_until(self, seconds: float) -> None:
         """Write the audio packets that start before `seconds`."""
@@ -338,16 +355,17 @@ class _AudioCopy:
         """Write the rest of the audio (it may run past the last video frame) and flush."""
         self.mux_until(math.inf)
         if self._reencode:
+            stream = self._stream_added
             for frame in self._source_stream.codec_context.decode(None):
-                self._output.mux(self._stream.encode(frame))
-            self._output.mux(self._stream.encode(None))
+                self._output.mux(stream.encode(frame))
+            self._output.mux(stream.encode(None))
 
-    def _mux(self, packet: av.Packet) -> None:
+    def _mux(self, packet: av.Packet[av.AudioStream]) -> None:
         if self._reencode:
             for frame in packet.decode():
-                self._output.mux(self._stream.encode(frame))
+                self._output.mux(self._stream_added.encode(frame))
         else:
-            packet.stream = self._stream
+            packet.stream = self._stream_added
             self._output.mux(packet)
 
     def close(self) -> None:
@@ -356,6 +374,7 @@ class _AudioCopy:
 
 def _packet_time(packet: av.Packet) -> float:
     ts = packet.pts if packet.pts is not None else packet.dts
+    assert ts is not None  # _AudioCopy keeps only packets with a dts
     return float(ts * packet.time_base)
 
 

@@ -19,13 +19,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
 from streaming.webrtc.peer import new_peer_connection
+
+if TYPE_CHECKING:
+    import pyvirtualcam  # an optional extra: imported when a camera is made
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class PyVirtualCam:
     def __init__(self, device: str | None = None, backend: str | None = None):
         self.device = device
         self.backend = backend
-        self._camera = None
+        self._camera: pyvirtualcam.Camera | None = None
         try:
             import pyvirtualcam
         except ImportError:
@@ -73,7 +76,9 @@ class PyVirtualCam:
         return self._camera.device
 
     def send(self, image: np.ndarray) -> None:
-        self._camera.send(image)
+        camera = self._camera
+        assert camera is not None, "send() before open()"  # the bridge opens the camera at the first frame's size
+        camera.send(image)
 
     def close(self) -> None:
         if self._camera is not None:
@@ -136,14 +141,24 @@ class VirtualCamBridge:
         pc = new_peer_connection()
         pc.addTransceiver("video", direction="recvonly")
         track_ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        pc.on("track", lambda track: track.kind == "video" and not track_ready.done() and track_ready.set_result(track))
         hung_up = asyncio.Event()
-        pc.on("connectionstatechange", lambda: pc.connectionState in ("failed", "closed") and hung_up.set())
+
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "video" and not track_ready.done():
+                track_ready.set_result(track)
+
+        def on_connection_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                hung_up.set()
+
+        pc.on("track", on_track)
+        pc.on("connectionstatechange", on_connection_state)
         resource = None
         try:
             resource = await open_resource(pc, f"{self.server_url}/v1/whep/{self.session_id}", self.token)
             session_id = resource.rstrip("/").split("/")[-2]
-            fps = self.fps or await asyncio.to_thread(self._session_fps, session_id)
+            # not `self.fps or ...`: mypy would solve to_thread's result type from the Optional on the left
+            fps = self.fps if self.fps else await asyncio.to_thread(self._session_fps, session_id)
             track = await asyncio.wait_for(track_ready, TRACK_TIMEOUT_S)
             self.connects += 1
             self.report(f"watching session {session_id} at {fps:g} fps")
@@ -162,10 +177,11 @@ class VirtualCamBridge:
                     await close_resource(resource, self.token)
             await pc.close()
 
-    async def _receive(self, track) -> None:
+    async def _receive(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
-                self._latest = (await track.recv()).to_ndarray(format="rgb24")
+                # aiortc types recv() as Frame | Packet for every track; a received video track yields av.VideoFrame
+                self._latest = (await track.recv()).to_ndarray(format="rgb24")  # type: ignore[union-attr]
 
     async def _write(self, fps: float, ends: list[asyncio.Task]) -> None:
         """The newest frame at a steady `fps`, until any of `ends` is done (the track ended, the

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -108,7 +108,7 @@ class ComputeWorker:
                     profile_costs(name, pipeline, self.costs)
                     log.info("warmed %s in %.2f s; step costs (ms): %s", name, time.perf_counter() - started,
                              self.costs.snapshot().get(name))
-        except BaseException as err:  # noqa: BLE001 - reported through /health and `serve`
+        except BaseException as err:  # reported through /health and `serve`
             log.exception("loading the pipelines failed")
             self.failed = err
             self._close_stages()
@@ -120,7 +120,7 @@ class ComputeWorker:
             self._wake.clear()
             try:
                 plan = self._tick()
-            except Exception:  # noqa: BLE001 - a bug in one tick must not stop every stream
+            except Exception:  # a bug in one tick must not stop every stream
                 log.exception("compute tick failed")
                 self._wake.wait(0.1)
                 continue
@@ -249,6 +249,7 @@ class ComputeWorker:
         entries: list[tuple[Session, StepInput]] = []
         for session_id in batch.session_ids:
             session = self._sessions[session_id]
+            frame: StepInput
             if session.needs_input:
                 frame = session.video_in.take()
                 if frame is None:
@@ -274,7 +275,8 @@ class ComputeWorker:
                 continue
             if output.error is not None:
                 session.stats.count(StatCount.ERRORS)
-                session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), frame.frame_id if isinstance(frame, VideoFrame) else None))
+                frame_id = frame.frame_id if isinstance(frame, VideoFrame) else None
+                session.emit(StreamNotice(StreamError(ErrorCode.INPUT_REJECTED, output.error), frame_id))
             queue_wait = started - frame.timestamps.get("queued", started) if isinstance(frame, VideoFrame) else None
             session.stats.record_step(queue_wait, finished - started)
             if queue_wait is not None:
@@ -293,12 +295,12 @@ class ComputeWorker:
                     continue
                 self._deliver(session, out, frame is None, output.skipped, index, started, finished)
 
-    def _step(self, pipeline: Pipeline, entries: list[tuple[Session, StepInput]]) -> list[StepOutput | None]:
+    def _step(self, pipeline: Pipeline, entries: list[tuple[Session, StepInput]]) -> Sequence[StepOutput | None]:
         """One batched step; if it fails, each stream is retried alone so that one stream's bad
         input costs only that stream its frame."""
         try:
             return pipeline.step([(s.state, f) for s, f in entries])
-        except Exception as err:  # noqa: BLE001 - reported to the stream, the server goes on
+        except Exception as err:  # reported to the stream, the server goes on
             if len(entries) == 1:
                 session, frame = entries[0]
                 log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)

@@ -11,17 +11,17 @@ asyncio tests that run after it)."""
 from __future__ import annotations
 
 import wave
-from pathlib import Path
 
 import pytest
 from playwright import sync_api
 
-from browser import launch_chromium, open_page
-from conftest import make_settings, serve_in_thread
-from fake_pipelines import TintPipeline
 from models.speech.audio import to_int16
 from models.speech.stimuli import speak
 from models.speech.verifier import normalized_words
+
+from browser import launch_chromium, open_page
+from conftest import make_settings, serve_in_thread
+from fake_pipelines import TintPipeline
 
 pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.timeout(150)]
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from playwright import sync_api
 
+from pipelines.passthrough import PassthroughPipeline
+
 from browser import launch_chromium, open_page, write_y4m
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from media import make_tone_file
-from pipelines.passthrough import PassthroughPipeline
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 

@@ -15,9 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import make_settings, serve_app_in_thread
 from pipelines.stream_diffusion.params import strength_to_t_index_list
 from streaming.client import StreamClient
+
+from conftest import make_settings, serve_app_in_thread
 
 SIZE = {"width": 64, "height": 64}
 SCHEDULE = ("t_index_list", "steps", "strength")

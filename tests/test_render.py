@@ -11,7 +11,6 @@ subprocess and then in-process with one loaded pipeline.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import numpy as np
 import pytest
 
 from app import render
-from media import make_clip, make_tone_file, read_media
 from pipelines.registry import ModelOptions, load_pipeline
+
+from media import make_clip, make_tone_file, read_media
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 12

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from streaming.admission import decide_admission
+from streaming.baseline_policies import Fifo
 from streaming.capacity import Demand, forecast, max_min_shares
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy
-from streaming.baseline_policies import Fifo
 from streaming.scheduler import Batch, SloScheduler, StreamView
 from streaming.simulate import SimPipeline, SimStream, simulate
 

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fake_pipelines import TintPipeline, TintState
 from pipelines.scheduling import SchedulingProfile, smaller_size
 from streaming.client import StreamClient, StreamClientError
 from streaming.frames import VideoFrame
+
+from fake_pipelines import TintPipeline, TintState
 
 STEP_S = 0.012  # per stream at 64x64: a session at 30 fps needs 36% of the worker
 

@@ -8,12 +8,13 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app.auth import TokenAuthority, TokenRequired
 from app import serve
+from app.auth import TokenAuthority, TokenRequired
 from app.server import create_app
-from conftest import make_settings
 from pipelines.passthrough import PassthroughPipeline
 from streaming.client import StreamClient
+
+from conftest import make_settings
 
 TOKEN = "s3cret-token"
 

@@ -10,16 +10,17 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import make_settings, serve_in_thread
-from fake_pipelines import TintPipeline
-from media import moving_picture
 from pipelines.passthrough import PassthroughPipeline
 from streaming.client import StreamClient, StreamClientError
 from streaming.codec import encode_image
 from streaming.protocol import MediaFormat, MediaHeader, MediaKind, pack_media
 
-LIMITS = dict(max_frame_width=256, max_frame_height=256, max_message_bytes=300_000, max_control_bytes=2048,
-              allowed_formats=["jpeg", "rgb24"], max_sessions=4)
+from conftest import make_settings, serve_in_thread
+from fake_pipelines import TintPipeline
+from media import moving_picture
+
+LIMITS = {"max_frame_width": 256, "max_frame_height": 256, "max_message_bytes": 300_000, "max_control_bytes": 2048,
+              "allowed_formats": ["jpeg", "rgb24"], "max_sessions": 4}
 
 
 @pytest.fixture(scope="module")

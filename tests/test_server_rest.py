@@ -9,11 +9,12 @@ import httpx
 import numpy as np
 import pytest
 
+from pipelines.passthrough import PassthroughPipeline
+from streaming.client import StreamClient
+
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline, prompt_color
 from media import moving_picture
-from pipelines.passthrough import PassthroughPipeline
-from streaming.client import StreamClient
 
 PIPELINES = {"tint": TintPipeline(), "passthrough": PassthroughPipeline()}
 

@@ -9,9 +9,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from streaming.client import StreamClient
+
 from conftest import make_settings, serve_in_thread
 from media import moving_picture
-from streaming.client import StreamClient
 
 SIZE = 64
 PARAMS = {"width": SIZE, "height": SIZE, "t_index_list": [32, 45], "seed": 7}

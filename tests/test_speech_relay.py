@@ -10,6 +10,7 @@ from models.speech.llm import drop_repeated_overlap
 from pipelines.relay_speech.conversation import Conversation as Context
 from pipelines.relay_speech.text import seam_join, take_clause, words_played
 from pipelines.relay_speech.turn_detector import TurnDetector, TurnEvent
+
 from speech_fakes import Conversation, FakeClock, InlineExecutor, ManualExecutor, ScriptedAsr, ScriptedChat, fake_models, speech
 
 ANSWER = "The capital of France is Paris. It is a big city."

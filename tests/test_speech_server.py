@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from benchmarks.speech_relay import Talker, one_turn, speech_stats
-from conftest import make_settings, serve_in_thread
 from models.speech.audio import resample
 from models.speech.stimuli import Utterance, noise, speak
 from models.speech.verifier import normalized_words
 from streaming.client import StreamClient, StreamClientError
 from streaming.protocol import MediaFormat, MediaHeader, MediaKind, pack_media
+
+from conftest import make_settings, serve_in_thread
 
 pytestmark = pytest.mark.timeout(600)
 

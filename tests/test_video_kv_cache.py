@@ -172,7 +172,7 @@ def test_cache_is_preallocated_and_never_grows():
     cache = make_cache(2, 3, layers=2, rows=2)
     pointers = (cache.k.data_ptr(), cache.v.data_ptr())
     for f in range(300):
-        plan = cache.begin_write(range(0, 2), [[f], [f]])
+        plan = cache.begin_write(range(2), [[f], [f]])
         q = torch.randn(2, HEADS, N, HEAD_DIM)
         for layer in range(2):
             cache.attend(layer, plan, q, torch.randn(2, HEADS, N, HEAD_DIM), torch.randn(2, HEADS, N, HEAD_DIM))

@@ -17,8 +17,8 @@ from models.video.presets import get_video_preset
 from models.video.transformer import CachedRows, CausalWanTransformer, TextKV
 from models.video.vae import TinyStreamingVAE, WanStreamingVAE
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4,
-            text_dim=32, freq_dim=32, ffn_dim=128, num_layers=2)
+TINY = {"patch_size": (1, 2, 2), "num_attention_heads": 4, "attention_head_dim": 16, "in_channels": 4, "out_channels": 4,
+            "text_dim": 32, "freq_dim": 32, "ffn_dim": 128, "num_layers": 2}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_streaming_through_the_rolling_cache_equals_one_masked_full_sequence_for
     outs, used = [], []
     start = 0
     for size in blocks:
-        plan = cache.begin_write(range(0, 1), [list(range(start, start + size))])
+        plan = cache.begin_write(range(1), [list(range(start, start + size))])
         used.extend(plan.writes[0].positions)
         outs.append(model.forward_cached(x[:, :, start : start + size], t[:, start : start + size], text, [CachedRows(cache, plan, 0)]))
         start += size
@@ -88,10 +88,10 @@ def test_two_caches_in_one_forward_equal_each_alone(model):
     for x, text in zip(xs, texts):
         cache = new_cache(model, 1, 2)
         alone.append([model.forward_cached(x[:, :, f : f + 1], torch.full((1, 1), 500.0), text,
-                                           [CachedRows(cache, cache.begin_write(range(0, 1), [[f]]), 0)]) for f in range(6)])
+                                           [CachedRows(cache, cache.begin_write(range(1), [[f]]), 0)]) for f in range(6)])
     caches = [new_cache(model, 1, 2) for _ in range(2)]
     for f in range(6):
-        groups = [CachedRows(c, c.begin_write(range(0, 1), [[f]]), i) for i, c in enumerate(caches)]
+        groups = [CachedRows(c, c.begin_write(range(1), [[f]]), i) for i, c in enumerate(caches)]
         out = model.forward_cached(torch.cat([x[:, :, f : f + 1] for x in xs]), torch.full((2, 1), 500.0), TextKV.cat(texts), groups)
         for i in range(2):
             torch.testing.assert_close(out[i : i + 1], alone[i][f], atol=1e-5, rtol=1e-5)

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from app import render
-from media import make_clip, read_media
 from pipelines.base import ParamError, PipelineKind, UpdateClass, update_class_of
 from pipelines.registry import ModelOptions, load_pipeline
 from pipelines.rolling_kv.reference import generate_sequential
 from streaming.frames import VideoFrame
+
+from media import make_clip, read_media
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

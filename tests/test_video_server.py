@@ -8,9 +8,10 @@ import asyncio
 
 import pytest
 
+from streaming.client import StreamClient
+
 from conftest import make_settings, serve_in_thread
 from media import moving_picture
-from streaming.client import StreamClient
 
 SIZE = 64
 

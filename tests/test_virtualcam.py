@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from fake_pipelines import TintPipeline
 from streaming.client import StreamClient
 from streaming.virtualcam import FakeCamera, PyVirtualCam, VirtualCamBridge, VirtualCamUnavailable
+
+from fake_pipelines import TintPipeline
 from webrtc_peers import wait_until
 
 FPS = 12

@@ -11,11 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import make_settings, serve_in_thread
-from fake_pipelines import TintPipeline, prompt_color
 from pipelines.passthrough import PassthroughPipeline
 from streaming.frames import VideoFrame
 from streaming.webrtc.output import GeneratedVideoTrack
+
+from conftest import make_settings, serve_in_thread
+from fake_pipelines import TintPipeline, prompt_color
 from webrtc_peers import CountingCamera, DemoClient, ToneMicrophone, new_client_pc, prefer, received_on, wait_until
 
 SLOW_STEP_S = 0.15

@@ -9,12 +9,12 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import make_settings, serve_in_thread
-from fake_pipelines import TintPipeline
 from streaming.client import StreamClient
 from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
-from webrtc_peers import CountingCamera, new_client_pc, paint_index, prefer, received_on, wait_until
 
+from conftest import make_settings, serve_in_thread
+from fake_pipelines import TintPipeline
+from webrtc_peers import CountingCamera, new_client_pc, paint_index, prefer, received_on, wait_until
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 

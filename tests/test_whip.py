@@ -9,9 +9,11 @@ import re
 
 import httpx
 import pytest
+
+from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
+
 from conftest import make_settings, serve_in_thread
 from fake_pipelines import TintPipeline
-from streaming.webrtc.http_signaling import SignalingError, close_resource, open_resource
 from webrtc_peers import CountingCamera, ToneMicrophone, new_client_pc, prefer, wait_until
 
 TOKEN = "whip-secret"

@@ -22,7 +22,8 @@ class SpeechConfig(BaseSettings):
     slow_llm_url: str | None = Field(None, description="An OpenAI-compatible endpoint (…/v1) for the slow path instead of a local model.")
     slow_llm_name: str = Field("gpt-4o-mini", description="The model name sent to that endpoint.")
     slow_llm_api_key: SecretStr | None = Field(None, description="Bearer key for that endpoint.")
-    piper_voices: dict[str, Path] = Field(default_factory=dict, description="More Piper voices by name: {\"amy\": \"/voices/en_US-amy-medium.onnx\"}.")
+    piper_voices: dict[str, Path] = Field(default_factory=dict,
+                                          description="More Piper voices by name: {\"amy\": \"/voices/en_US-amy-medium.onnx\"}.")
     verifier_weights: Path | None = Field(None, description="Prefix verifier weights from the training script; unset: the shipped ones.")
     threads: int = Field(2, ge=1, description="CPU threads of the ASR and of the LLM each.")
     device: str = Field("cpu", description="cpu or cuda for the ASR and the local LLMs (CTranslate2).")

@@ -7,11 +7,10 @@ prefix word for word (forced-prefix decoding), or starts from scratch when the p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import re
 
 import numpy as np
 

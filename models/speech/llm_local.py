@@ -15,7 +15,6 @@ import numpy as np
 
 from models.speech.llm import Cancelled, Draft, Message, token_scores, words_in
 
-
 # Greedy decoding of a small model falls into loops ("The answer is: The answer is: ..."), above
 # all after a forced prefix; penalising tokens it has generated ends them. The draft keeps plain
 # greedy scores: they are the verifier's evidence.

@@ -86,7 +86,8 @@ def make_examples(count: int, data_path: Path, seed: int) -> None:
             utterance = speak(voices[voice], question, snr_db=snr, lead_s=0.3, tail_s=0.15, seed=rng.randrange(2**31),
                               colour=rng.choice(["white", "pink"]))
             audio = utterance.audio
-            cut = int(utterance.sample_rate * (utterance.speech_start_s + rng.uniform(0.5, 0.9) * (utterance.speech_end_s - utterance.speech_start_s)))
+            spoken = utterance.speech_end_s - utterance.speech_start_s
+            cut = int(utterance.sample_rate * (utterance.speech_start_s + rng.uniform(0.5, 0.9) * spoken))
             partial = asr.transcribe(audio[:cut]).text if utterance.speech_end_s - utterance.speech_start_s > 1.0 else None
             transcript = asr.transcribe(audio)
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": transcript.text}]
@@ -122,7 +123,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     pos, neg = scores[labels == 1], scores[labels == 0]
     if not pos.size or not neg.size:
         return float("nan")
-    return float((np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :])))
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
 
 
 def fit(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, weight_decay: float, seed: int) -> dict:

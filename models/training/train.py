@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     log, timings["denoiser_s"] = train_denoiser(model, ema, ae, latents, data, sqrt_abar, args)
     timings["denoiser_s"] = round(timings["denoiser_s"], 1)
     steps_done = log[-1]["step"]
-    command = [a for a in (argv if argv is not None else sys.argv[1:])]
+    command = list(argv if argv is not None else sys.argv[1:])
     record = {
         "command": "nice -n 19 python -m models.training.train " + shlex.join(_reproducing(command, steps_done)),
         "steps": steps_done,

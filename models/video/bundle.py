@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from models.source import ModelSource
 from models.video.eviction import EvictionPolicy
 from models.video.kv_cache import CacheLayout, RollingKVCache
 from models.video.positions import PositionPolicy
-from models.source import ModelSource
 from models.video.presets import VideoPreset
 from models.video.text_encoder import TextEncoder
 from models.video.transformer import CausalWanTransformer, TextKV

@@ -42,8 +42,18 @@ from models.speech.tts import Speech, Synthesizer
 from models.speech.vad import VoiceActivity
 from models.speech.verifier import DraftEvidence
 from pipelines.relay_speech.conversation import Conversation
-from pipelines.relay_speech.events import (ContinuationAudio, ContinuationText, FinalTranscript, FirstToken, LlmFinished,
-                                           SeamFragment, SlowPathDone, SlowPathEvent, SlowPathFailed, UserTurn)
+from pipelines.relay_speech.events import (
+    ContinuationAudio,
+    ContinuationText,
+    FinalTranscript,
+    FirstToken,
+    LlmFinished,
+    SeamFragment,
+    SlowPathDone,
+    SlowPathEvent,
+    SlowPathFailed,
+    UserTurn,
+)
 from pipelines.relay_speech.metrics import TurnRecord, TurnStats
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.playout import Playout, Segment

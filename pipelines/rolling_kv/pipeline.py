@@ -44,9 +44,7 @@ from models.video.vae import pixel_frames
 from pipelines.base import ParamError, Pipeline, PipelineKind, StepOutput, with_defaults
 from pipelines.pictures import picture_render_params, picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.rolling_kv.sampler import (
-    add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps,
-)
+from pipelines.rolling_kv.sampler import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
 from pipelines.rolling_kv.scheduling import profile_for
 from pipelines.rolling_kv.state import Chunk, PromptTransition, RollingKVState
 from streaming.frames import VideoFrame
@@ -304,7 +302,7 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
                 job.entering.latents = call.x0 if last else self._renoise(job.state, job.entering, call.x0, i + 1)
         clean = [j for j in jobs if j.state.params.kv_mode == "clean-context"]
         if clean:  # write the clean chunk's keys at t=0; the output is not needed
-            self._forward([_Rows(j.state, range(0, 1), [j.entering], [0.0]) for j in clean])
+            self._forward([_Rows(j.state, range(1), [j.entering], [0.0]) for j in clean])
         for job in jobs:
             job.exits.append(job.entering)
             job.entering = None

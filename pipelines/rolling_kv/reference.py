@@ -13,9 +13,9 @@ import torch
 
 from models.video.transformer import CachedRows
 from models.video.vae import pixel_frames
+from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.noise_controller import MotionNoiseController
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.pictures import picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.pipeline import FIRST_CHUNK_LATENTS, RollingKVPipeline, eviction_policy, position_policy
 from pipelines.rolling_kv.sampler import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from models.video.kv_cache import CacheLayout, LayerBlock, RollingKVCache, RowWrite, WritePlan
-from models.video.transformer import CachedRows, TextKV
 from models.source import ModelSource
+from models.video.kv_cache import CacheLayout, LayerBlock, RollingKVCache, RowWrite, WritePlan
 from models.video.loading import load_video_models
+from models.video.transformer import CachedRows, TextKV
 from streaming.stages.balance import Rebalancer
 from streaming.stages.group import Link, StageGroup
 

@@ -148,7 +148,7 @@ class StageGroup:
         try:
             self.link.send({"op": "stop"}, [], 1)
             self.link.flush()
-        except Exception:  # noqa: BLE001 - a dead peer: terminate below
+        except Exception:  # a dead peer: terminate below
             log.warning("could not tell the stage processes to stop", exc_info=True)
         self._reap(timeout_s)
         dist.destroy_process_group()

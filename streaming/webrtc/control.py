@@ -52,7 +52,7 @@ class ControlChannel(ControlProtocol):
                     await self.handle_text(text)
                 else:
                     await self.send_error(StreamError(ErrorCode.BAD_MESSAGE, "control messages are JSON text; media goes on the tracks"))
-            except Exception:  # noqa: BLE001 - a bug answering one message must not end the stream
+            except Exception:  # a bug answering one message must not end the stream
                 log.exception("control message failed")
                 await self.send_error(StreamError(ErrorCode.INTERNAL, "server error handling a control message"))
 

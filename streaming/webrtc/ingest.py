@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TypeVar
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 AUDIO_RATE = 48000      # what incoming audio becomes: Opus's own rate, so WebRTC audio is not resampled twice
 AUDIO_LAYOUT = "mono"
+
+FrameT = TypeVar("FrameT", av.VideoFrame, av.AudioFrame)
 
 
 @dataclass(slots=True)
@@ -56,11 +59,12 @@ def seconds(pts: int | None, time_base: Fraction | None) -> float | None:
     return None if pts is None or time_base is None else float(pts * time_base)
 
 
-async def drain(track: MediaStreamTrack, on_frame: Callable[[av.VideoFrame | av.AudioFrame], None]) -> None:
+async def drain(track: MediaStreamTrack, on_frame: Callable[[FrameT], None]) -> None:
     """Read a remote track as fast as it delivers until the remote side ends it."""
     try:
         while True:
-            on_frame(await track.recv())
+            # aiortc types recv() as Frame | Packet for every track; a remote track yields decoded frames of its kind
+            on_frame(await track.recv())  # type: ignore[arg-type]
     except MediaStreamError:
         pass
 

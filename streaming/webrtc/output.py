@@ -103,7 +103,8 @@ class GeneratedAudioTrack(MediaStreamTrack):
         key = (chunk.sample_rate, chunk.channels)
         if key not in self._resamplers:
             self._resamplers[key] = av.AudioResampler(format="s16", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
-        layout = "mono" if chunk.channels == 1 else "stereo" if chunk.channels == 2 else av.AudioLayout(chunk.channels)
+        # "<n>c": FFmpeg's default layout for n channels (av.AudioLayout no longer takes a count: TypeError)
+        layout = "mono" if chunk.channels == 1 else "stereo" if chunk.channels == 2 else f"{chunk.channels}c"
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk.samples, np.int16).reshape(1, -1), format="s16", layout=layout)
         frame.sample_rate = chunk.sample_rate
         return np.concatenate([out.to_ndarray().reshape(-1) for out in self._resamplers[key].resample(frame)] or [np.zeros(0, np.int16)])

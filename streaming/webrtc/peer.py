@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
+from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import VideoFrame
@@ -55,11 +56,11 @@ class SessionPeer:
         self.video_out: GeneratedVideoTrack | None = None
         self.audio_out: GeneratedAudioTrack | None = None
         self._send = send
-        self._release: Callable[[], None] | None = None
+        self._release: Callable[[], object] | None = None
         # Hooks for a control channel: non-media session events, and each video frame sent.
         self.on_session_event: Callable[[SessionEvent], None] | None = None
         self.on_frame_sent: Callable[[VideoFrame, int], None] | None = None
-        self.on_close: list[Callable[[SessionPeer], None]] = []  # run once, when the peer ends
+        self.on_close: list[Callable[[SessionPeer], object]] = []  # run once, when the peer ends
         self.connected = asyncio.Event()
         self.closed = False
         self._loop = asyncio.get_running_loop()
@@ -88,10 +89,12 @@ class SessionPeer:
         self._spawn(self._give_up_unless_connected())
         return self.pc.localDescription.sdp
 
-    def _on_track(self, track) -> None:
-        ingest = self.video_in if track.kind == "video" else self.audio_in
+    def _on_track(self, track: MediaStreamTrack) -> None:
         # Media nobody uses (a player that sends too) is still read, or aiortc would queue it forever.
-        self._spawn(drain(track, ingest.on_frame if ingest is not None else _discard))
+        if track.kind == "video":
+            self._spawn(drain(track, self.video_in.on_frame if self.video_in is not None else _discard))
+        else:
+            self._spawn(drain(track, self.audio_in.on_frame if self.audio_in is not None else _discard))
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -109,7 +112,7 @@ class SessionPeer:
 
     # --- the session ---------------------------------------------------------------------
 
-    def bind(self, session: Session, *, as_stream: bool, release: Callable[[], None]) -> None:
+    def bind(self, session: Session, *, as_stream: bool, release: Callable[[], object]) -> None:
         """Serve `session`; `release` undoes the binding (close, detach or unwatch) when this
         peer ends."""
         self.session = session
@@ -145,7 +148,7 @@ class SessionPeer:
         elif isinstance(event, OutputAudio):
             if self.audio_out is not None:
                 self.audio_out.push(event.chunk)
-                if self.streams_session:
+                if self.streams_session and self.session is not None:
                     self.session.count_audio_sent()
         else:
             if self.on_session_event is not None:
@@ -191,13 +194,13 @@ class SessionPeer:
             hook(self)
         log.info("%s peer %s closed", self.role, self.id)
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-def _discard(frame) -> None:
+def _discard(frame: object) -> None:
     pass
 
 

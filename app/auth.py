@@ -5,6 +5,11 @@ token as `Authorization: Bearer ...`, or a short-lived token (`POST /v1/tokens`)
 can carry where they cannot set headers: `?token=` in the URL (opening the demo page) or the
 cookie the server sets when the page is opened that way (the page's own files and socket).
 The long-lived token is never accepted in a URL, where it would end up in logs and history.
+
+Each request remembers which short-lived token let it in (`token_owner`): a short-lived token
+holds at most `max_sessions_per_token` sessions at once, so one leaked browser token cannot take
+every slot. The API token (an app's backend) and a server without tokens are bounded only by
+`max_sessions`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "latentcast_token"
 _PREFIX = "lc1"
+_OWNER = "token_owner"  # in the request's state: the short-lived token that let it in, if one did
 
 
 def is_loopback(host: str) -> bool:
@@ -70,8 +77,8 @@ class TokenAuthority:
         expires = body.split(".", 1)[0]
         return expires.isdigit() and int(expires) > time.time()
 
-    def bearer_valid(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.api_token.encode()) or self.short_lived_valid(token)
+    def is_api_token(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.api_token.encode())
 
     def _sign(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
@@ -96,12 +103,16 @@ class AuthMiddleware:
         bearer = headers.get("authorization", "")
         cookie = SimpleCookie(headers.get("cookie", "")).get(COOKIE)
         cookie_token = cookie.value if cookie else ""
-        if bearer[:7].lower() == "bearer " and self.authority.bearer_valid(bearer[7:].strip()):
+        bearer_token = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+        if bearer_token and self.authority.is_api_token(bearer_token):
             await self.app(scope, receive, send)
+        elif bearer_token and self.authority.short_lived_valid(bearer_token):
+            await self.app(_owned_by(scope, bearer_token), receive, send)
         elif query_token and self.authority.short_lived_valid(query_token):
-            await self.app(scope, receive, self._setting_cookie(send, query_token) if scope["type"] == "http" else send)
+            await self.app(_owned_by(scope, query_token), receive,
+                           self._setting_cookie(send, query_token) if scope["type"] == "http" else send)
         elif cookie_token and self.authority.short_lived_valid(cookie_token) and _same_origin(headers):
-            await self.app(scope, receive, send)
+            await self.app(_owned_by(scope, cookie_token), receive, send)
         else:
             await _deny(scope, receive, send)
 
@@ -117,6 +128,17 @@ class AuthMiddleware:
             await send(message)
 
         return send_with_cookie
+
+
+def _owned_by(scope: Scope, token: str) -> Scope:
+    scope.setdefault("state", {})[_OWNER] = token
+    return scope
+
+
+def token_owner(connection: HTTPConnection) -> str | None:
+    """The short-lived token a request or socket came in with (None: the API token, or no auth):
+    whose sessions count against `max_sessions_per_token`."""
+    return connection.scope.get("state", {}).get(_OWNER)
 
 
 def _same_origin(headers: dict[str, str]) -> bool:

@@ -19,11 +19,14 @@ COMMANDS = {
     "render": ("app.render", "render a video file (or a prompt) offline through a pipeline"),
     "presets": ("app.presets_command", "list the model presets"),
     "virtualcam": ("app.virtualcam", "show a session's generated video as a virtual camera (extra `virtualcam`)"),
+    "cluster": ("app.cluster.command", "serve on a Ray cluster: one worker per GPU behind a front door that places sessions "
+                "(extra `cluster`, docs/cluster.md)"),
 }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset/--device/--dtype/--model-dir/--random-weights; unset flags fall back to Settings."""
+    """--preset/--device/--dtype/--model-dir/--random-weights/--threads/--engine/--engine-cache; unset
+    flags fall back to Settings."""
     group = parser.add_argument_group("model")
     group.add_argument("--preset", help="model preset, see `latentcast presets` (default: LATENTCAST_PRESET, "
                        "else the pipeline's own default)")
@@ -32,7 +35,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-dir", type=Path, help="local folder with the preset's weights (diffusers layout)")
     group.add_argument("--random-weights", action="store_true", default=None,
                        help="build the preset's real architecture with random weights (no download; for speed tests)")
-    group.add_argument("--threads", type=int, help="CPU threads for model compute (default: torch's choice)")
+    group.add_argument("--threads", type=int, help="CPU threads for model compute (default: LATENTCAST_THREADS or "
+                       "OMP_NUM_THREADS, else this machine's usable cores minus one, at least 1)")
+    group.add_argument("--engine", help="what runs each model component: auto (default: ONNX Runtime on the CPU, "
+                       "torch.compile on CUDA), eager, compile, onnx, tensorrt, or per component, e.g. unet=compile,vae=eager "
+                       "(LATENTCAST_ENGINE; docs/engines.md)")
+    group.add_argument("--engine-cache", type=Path, help="folder of built engines (default: LATENTCAST_ENGINE_CACHE, "
+                       "else ~/.cache/latentcast/engines)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

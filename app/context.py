@@ -1,4 +1,4 @@
-"""What the routes of one server share: settings, the worker, the sessions, metrics, auth."""
+"""What the routes of one server share: settings, the worker, the sessions, the WebRTC peers, metrics, auth."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from app.auth import TokenAuthority
 from app.settings import Settings
 from streaming.metrics import ServerMetrics
 from streaming.sessions import SessionManager
+from streaming.webrtc.peer import PeerRegistry
 from streaming.worker import ComputeWorker
 
 
@@ -22,6 +23,7 @@ class ServerContext:
     metrics: ServerMetrics
     auth: TokenAuthority
     codec_pool: ThreadPoolExecutor  # picture decode and encode, off the event loop and off the worker
+    peers: PeerRegistry             # the open WebRTC, WHIP and WHEP connections
 
 
 def server_context(connection: HTTPConnection) -> ServerContext:

@@ -23,8 +23,10 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from app.cli import add_model_arguments, settings_from_args
+from app.render_report import can_plot, noting_inputs, observing_outputs, write_report
 from pipelines.base import ParamError, Pipeline, validation_to_param_error
 from pipelines.registry import PipelinePlanError, UnknownPipelineError, load_pipeline, plan_pipelines
+from streaming.consistency import ConsistencyMeter
 from streaming.frames import VideoFrame
 from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
 
@@ -83,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--crf", type=int, default=18, help="encoder quality, lower is better (default: 18)")
     out.add_argument("--no-audio", action="store_true", help="leave the input's audio out")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    out.add_argument("--report", type=Path, metavar="FILE.csv",
+                     help="also measure temporal consistency (warp error, flicker, drift) of every frame: a CSV per "
+                     "frame at FILE.csv and a plot at FILE.png (needs matplotlib: the `report` extra)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +149,7 @@ def _render(args: argparse.Namespace) -> int:
         else:
             size = _output_size(args.width, args.height, reader.info.width, reader.info.height, multiple)
         state = pipeline.new_state(_stream_params(args, pipeline, reader is not None, size))
+        meter = ConsistencyMeter(every=1, inline=True, keep_all=True) if args.report else None
 
         if reader is None:
             outputs = _generated(pipeline, state, args.frames, frame_rate)
@@ -151,12 +157,20 @@ def _render(args: argparse.Namespace) -> int:
             inputs = reader.frames(*size)
             if args.fps:
                 inputs = resample_frame_rate(inputs, args.fps, reader.info.duration)
+            if meter is not None:
+                inputs = noting_inputs(inputs, meter)
             outputs = _transformed(pipeline, state, stack.enter_context(closing(_read_ahead(inputs, DECODE_AHEAD))))
+        if meter is not None:
+            outputs = observing_outputs(outputs, meter)
 
         started = time.monotonic()
         with tqdm(total=total, unit="frame", desc="render", file=sys.stderr, disable=args.quiet,
                   dynamic_ncols=True, smoothing=0.1) as progress:
             _encode_behind(outputs, writer.write, ENCODE_BEHIND, on_frame=progress.update)
+    if meter is not None and meter.history is not None:
+        plot = write_report(meter.history, args.report)
+        if not args.quiet:
+            print(f"wrote {args.report} and {plot}: consistency of {len(meter.history)} frames", file=sys.stderr)
     if not args.quiet:
         elapsed = time.monotonic() - started
         audio = f", audio {writer.audio_codec}" if writer.audio_codec else ""
@@ -181,6 +195,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("without an input video give both --width and --height, or neither")
     if args.input is not None and args.output.resolve() == args.input.resolve():
         raise UsageError("the output would overwrite the input; choose another output name")
+    if args.report is not None and not can_plot():
+        raise UsageError("--report plots with matplotlib: pip install 'latentcast[report]'")
 
 
 def _output_size(width: int | None, height: int | None, in_width: int, in_height: int, multiple: int) -> tuple[int, int]:

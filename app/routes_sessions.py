@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth import token_owner
 from app.context import ServerContext, server_context
 from streaming.protocol import SloSpec
 from streaming.sessions import SessionInfo, UpdateReport
@@ -31,13 +32,15 @@ class SessionUpdate(BaseModel):
     slo: SloSpec | None = None
 
 
-_ERRORS = {400: {"description": "bad_params / bad_message"}, 404: {"description": "unknown_session"}}
+_ERRORS = {400: {"description": "bad_params, unknown_pipeline, bad_json"}, 404: {"description": "unknown_session"},
+           422: {"description": "bad_message"}}
 
 
-@router.post("", status_code=201, response_model=SessionInfo,
-             responses={**_ERRORS, 503: {"description": "busy (admission control) or not_ready (models loading)"}})
-async def create_session(body: SessionCreate, context: ServerContext = Depends(server_context)) -> SessionInfo:
-    session = await context.sessions.create(body.pipeline, body.params, body.slo)
+@router.post("", status_code=201, response_model=SessionInfo, responses={
+    **_ERRORS, 429: {"description": "too_many_sessions: the short-lived token holds as many as it may"},
+    503: {"description": "busy (admission control), not_ready (models loading), out_of_memory, pipeline_failed"}})
+async def create_session(body: SessionCreate, request: Request, context: ServerContext = Depends(server_context)) -> SessionInfo:
+    session = await context.sessions.create(body.pipeline, body.params, body.slo, owner=token_owner(request))
     return context.sessions.info(session)
 
 

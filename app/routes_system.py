@@ -22,7 +22,7 @@ router = APIRouter(tags=["server"])
 async def health(context: ServerContext = Depends(server_context)) -> JSONResponse:
     """`ready` once the models are loaded and warm; 503 while `loading` or after a `failed` load. `step_costs_ms`:
     the measured cost of a step per pipeline and batch composition (cost shape * streams), which admission
-    control and the scheduler plan with."""
+    control and the scheduler plan with. `failed_pipelines`: pipelines that lost a stage process since, and why."""
     worker = context.worker
     status = "ready" if worker.ready.is_set() else "failed" if worker.failed else "loading"
     body = {"status": status, "version": __version__, "protocol": PROTOCOL_VERSION,
@@ -30,6 +30,8 @@ async def health(context: ServerContext = Depends(server_context)) -> JSONRespon
             "max_sessions": context.sessions.max_sessions, "step_costs_ms": worker.costs.snapshot()}
     if worker.failed:
         body["error"] = str(worker.failed)
+    if worker.failed_pipelines:  # still serving its other pipelines
+        body["failed_pipelines"] = dict(worker.failed_pipelines)
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 

@@ -6,25 +6,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth import token_owner
 from app.context import ServerContext, server_context
-from app.peers import new_peer, peer_registry
-from app.sdp_exchange import MAX_SDP_BYTES
-from streaming.errors import ErrorCode, StreamError
+from app.peers import answer_or_close, new_peer
 from streaming.protocol import PROTOCOL_VERSION
-from streaming.webrtc.codecs import UnsupportedOffer
 from streaming.webrtc.control import CHANNEL_LABEL, ControlChannel
-from streaming.webrtc.peer import PeerRegistry
+from streaming.webrtc.offer import check_offer
 
 router = APIRouter(prefix="/v1/webrtc", tags=["webrtc"])
 
 
 class Offer(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sdp: str = Field(max_length=MAX_SDP_BYTES, description="The client's complete SDP offer (gathering finished: no trickle).")
+    sdp: str = Field(description="The client's complete SDP offer (gathering finished: no trickle); at most 64 KiB.")
     type: Literal["offer"] = "offer"
     frame_info: bool = Field(False, description="Announce each generated frame on the data channel (`frame` messages) "
                              "with the RTP pts it was sent with, to match outputs to inputs.")
@@ -38,13 +35,15 @@ class Answer(BaseModel):
 
 
 @router.post("/offer", response_model=Answer, responses={
-    400: {"description": "bad_message: not an SDP offer"}, 422: {"description": "unsupported_format: no codec in common"},
+    400: {"description": "bad_sdp: not a usable SDP offer (the message names the line)"},
+    413: {"description": "message_too_large: an offer over 64 KiB"},
+    422: {"description": "bad_message: a missing or ill-typed field; unsupported_format: no codec in common"},
     503: {"description": "busy: too many connections"}})
-async def offer(body: Offer, context: ServerContext = Depends(server_context),
-                peers: PeerRegistry = Depends(peer_registry)) -> Answer | JSONResponse:
+async def offer(body: Offer, request: Request, context: ServerContext = Depends(server_context)) -> Answer:
     """Answer a WebRTC offer. Send video (and audio) to be transformed, receive the generated
     media back, and open a data channel `control`: `start` on it creates the session."""
-    peer = new_peer(context, peers, "webrtc", receive=True, send=True)
+    check_offer(body.sdp)  # the whole offer is checked before a peer exists
+    peer = new_peer(context, "webrtc", receive=True, send=True, owner=token_owner(request))
     settings = context.settings
 
     @peer.pc.on("datachannel")
@@ -53,12 +52,5 @@ async def offer(body: Offer, context: ServerContext = Depends(server_context),
             ControlChannel(peer, channel, context.sessions, context.metrics, max_control_bytes=settings.max_control_bytes,
                            stats_interval_s=settings.stats_interval_s, frame_info=body.frame_info)
 
-    try:
-        sdp = await peer.answer(body.sdp)
-    except UnsupportedOffer as err:
-        await peer.close()
-        return JSONResponse({"error": StreamError(ErrorCode.UNSUPPORTED_FORMAT, str(err)).to_dict()}, status_code=422)
-    except ValueError as err:
-        await peer.close()
-        raise StreamError(ErrorCode.BAD_MESSAGE, str(err), field="sdp") from None
+    sdp = await answer_or_close(peer, body.sdp, request)
     return Answer(sdp=sdp, peer_id=peer.id)

@@ -17,12 +17,14 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
 
+from app.auth import token_owner
 from app.context import ServerContext, server_context
-from app.peers import new_peer, peer_registry
-from app.sdp_exchange import SdpError, add_endpoint_routes, add_resource_routes, answer_offer, created, read_offer
+from app.peers import answer_or_close, new_peer
+from app.sdp_exchange import SDP_BODY, add_endpoint_routes, add_resource_routes, created, read_offer, refusal
 from streaming.errors import ErrorCode, StreamError
 from streaming.session import Session
 from streaming.sessions import SessionManager
+from streaming.webrtc.offer import check_offer
 from streaming.webrtc.peer import PeerRegistry
 
 router = APIRouter(tags=["whep"])
@@ -40,29 +42,30 @@ def watched_session(sessions: SessionManager, session_id: str) -> Session:
     return candidates[-1]
 
 
-@router.post("/v1/whep/{session_id}", status_code=201, response_class=Response, responses={
+def check_room_for_player(peers: PeerRegistry, session: Session) -> None:
+    if peers.watching(session.id) >= MAX_PLAYERS_PER_SESSION:
+        raise StreamError(ErrorCode.BUSY, f"session {session.id} already has {MAX_PLAYERS_PER_SESSION} players")
+
+
+@router.post("/v1/whep/{session_id}", status_code=201, response_class=Response, openapi_extra=SDP_BODY, responses={
     201: {"content": {"application/sdp": {}}, "description": "the SDP answer; Location names the player"},
-    404: {"description": "no such session"}, 415: {"description": "not application/sdp"},
+    400: {"description": "bad_sdp: not a usable SDP offer"}, 404: {"description": "no such session"},
+    413: {"description": "an offer over 64 KiB"}, 415: {"description": "not application/sdp"},
     422: {"description": "no codec in common"}, 503: {"description": "too many players"}})
-async def watch(session_id: str, request: Request, context: ServerContext = Depends(server_context),
-                peers: PeerRegistry = Depends(peer_registry)) -> Response:
+async def watch(session_id: str, request: Request, context: ServerContext = Depends(server_context)) -> Response:
     """Watch a session's generated video (and audio) over WebRTC (`latest`: the newest session)."""
     try:
         offer = await read_offer(request)
-    except SdpError as err:
-        return err.response()
-    session = watched_session(context.sessions, session_id)
-    if peers.watching(session.id) >= MAX_PLAYERS_PER_SESSION:
-        raise StreamError(ErrorCode.BUSY, f"session {session.id} already has {MAX_PLAYERS_PER_SESSION} players")
-    peer = new_peer(context, peers, "whep", receive=False, send=True)
-    try:
-        answer = await answer_offer(peer, offer)
-    except SdpError as err:
-        await peer.close()
-        return err.response()
-    if session.closed:
-        await peer.close()
-        raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} ended")
+        check_offer(offer)
+        session = watched_session(context.sessions, session_id)
+        check_room_for_player(context.peers, session)
+        peer = new_peer(context, "whep", receive=False, send=True, owner=token_owner(request))
+        answer = await answer_or_close(peer, offer, request)
+        if session.closed:
+            await peer.close()
+            raise StreamError(ErrorCode.UNKNOWN_SESSION, f"session {session.id} ended")
+    except StreamError as err:
+        return refusal(err)
     session.watch(peer.sink)
     peer.bind(session, as_stream=False, release=lambda: session.unwatch(peer.sink))
     location = str(request.url_for("whep_resource", session_id=session.id, resource_id=peer.id))

@@ -8,13 +8,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.errors import error_response
 from app.peers import peer_registry
 from streaming.errors import ErrorCode, StreamError
-from streaming.webrtc.codecs import UnsupportedOffer
-from streaming.webrtc.peer import PeerRegistry, SessionPeer
+from streaming.webrtc.offer import MAX_SDP_BYTES, bad_sdp
+from streaming.webrtc.peer import PeerRegistry
 
 SDP = "application/sdp"
-MAX_SDP_BYTES = 64 * 2**10
+# The offer POSTed to an endpoint, as the OpenAPI page shows it (FastAPI does not read it: read_offer does).
+SDP_BODY = {"requestBody": {"required": True, "description": "A complete SDP offer (ICE gathered: no trickle).",
+                            "content": {SDP: {"schema": {"type": "string", "maxLength": MAX_SDP_BYTES}}}}}
 _ENDPOINT_METHODS = "POST, OPTIONS"
 _RESOURCE_METHODS = "DELETE, PATCH, OPTIONS"
 
@@ -25,39 +28,23 @@ _CORS = {"Access-Control-Allow-Origin": "*",
 
 
 async def read_offer(request: Request) -> str:
-    """The SDP offer in the body; SdpError (415, 413 or 400) when it is not one."""
+    """The SDP offer in the body; StreamError (415, 413 or 400) when it is not one."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != SDP:
-        raise SdpError(415, f"the offer must be sent as {SDP}, not {content_type or 'no content type'}")
+        raise StreamError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"the offer must be sent as {SDP}, not {content_type or 'no content type'}")
     body = await request.body()
     if len(body) > MAX_SDP_BYTES:
-        raise SdpError(413, f"the offer is {len(body)} bytes; the limit is {MAX_SDP_BYTES}")
+        raise StreamError(ErrorCode.MESSAGE_TOO_LARGE, f"the offer is {len(body)} bytes; the limit is {MAX_SDP_BYTES}", field="sdp")
     try:
         return body.decode()
     except UnicodeDecodeError:
-        raise SdpError(400, "the offer is not UTF-8 text") from None
+        raise bad_sdp("the offer is not UTF-8 text") from None
 
 
-class SdpError(Exception):
-    """A refused offer, with the HTTP status WHIP/WHEP prescribe for it."""
-
-    def __init__(self, status: int, message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE):
-        super().__init__(message)
-        self.status = status
-        self.error = StreamError(code, message)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error.to_dict()}, status_code=self.status, headers=_CORS)
-
-
-async def answer_offer(peer: SessionPeer, offer: str) -> str:
-    """The peer's answer; SdpError 422 (no codec we can use, with what to change) or 400 (not SDP)."""
-    try:
-        return await peer.answer(offer)
-    except UnsupportedOffer as err:
-        raise SdpError(422, str(err), ErrorCode.UNSUPPORTED_FORMAT) from None
-    except ValueError as err:
-        raise SdpError(400, str(err)) from None
+def refusal(err: StreamError) -> JSONResponse:
+    """A refused WHIP/WHEP request: the REST error body, its status, and CORS so a page on another
+    origin can read why."""
+    return error_response(err, headers=_CORS)
 
 
 def created(answer: str, location: str, session_id: str) -> Response:
@@ -83,14 +70,15 @@ def deleted() -> Response:
 def no_trickle() -> Response:
     """PATCH on a resource: neither trickle ICE nor ICE restarts are supported (our answer carries
     every candidate; clients send complete offers), which RFC 9725 answers with 501."""
-    error = StreamError(ErrorCode.BAD_MESSAGE, "this server supports neither trickle ICE nor ICE restarts: "
-                        "send a complete offer, and POST a new one to reconnect")
-    return JSONResponse({"error": error.to_dict()}, status_code=501, headers=_CORS)
+    return refusal(StreamError(ErrorCode.NOT_IMPLEMENTED, "this server supports neither trickle ICE nor ICE restarts: "
+                               "send a complete offer, and POST a new one to reconnect"))
 
 
 def not_allowed(methods: str) -> Response:
-    """Other methods on an endpoint or resource are reserved by the RFC: 405."""
-    return Response(status_code=405, headers={**_CORS, "Allow": methods})
+    """Other methods on an endpoint or resource are reserved by the RFC: 405, with the methods it takes."""
+    response = refusal(StreamError(ErrorCode.METHOD_NOT_ALLOWED, f"this resource takes {methods}"))
+    response.headers["Allow"] = methods
+    return response
 
 
 def add_endpoint_routes(router: APIRouter, path: str) -> None:
@@ -112,11 +100,18 @@ def add_resource_routes(router: APIRouter, path: str, kind: str, name: str, ends
     called `name` (for `url_for` when the POST makes the Location). `ends` documents the DELETE."""
 
     async def end(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-        await peers.get(resource_id, kind).close()
+        try:
+            peer = peers.get(resource_id, kind)
+        except StreamError as err:
+            return refusal(err)
+        await peer.close()
         return deleted()
 
     async def patch(resource_id: str, peers: PeerRegistry = Depends(peer_registry)) -> Response:
-        peers.get(resource_id, kind)  # 404 for an unknown resource before the 501
+        try:
+            peers.get(resource_id, kind)  # 404 for an unknown resource before the 501
+        except StreamError as err:
+            return refusal(err)
         return no_trickle()
 
     async def resource_options() -> Response:

@@ -13,14 +13,14 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.auth import AuthMiddleware, TokenAuthority, check_bind
+from app.body_limits import BodyLimitMiddleware
 from app.context import ServerContext
+from app.errors import install_error_handlers
 from app.peers import router as peers_router
 from app.routes_sessions import router as sessions_router
 from app.routes_system import router as system_router
@@ -31,13 +31,11 @@ from app.settings import Settings
 from app.ws import router as ws_router
 from pipelines.base import Pipeline
 from pipelines.registry import load_pipeline, plan_pipelines
-from streaming.errors import ErrorCode, StreamError
 from streaming.metrics import ServerMetrics
 from streaming.sessions import SessionManager
+from streaming.webrtc.peer import PeerRegistry
 from streaming.worker import ComputeWorker
 
-_HTTP_STATUS = {ErrorCode.BUSY: 503, ErrorCode.NOT_READY: 503, ErrorCode.UNKNOWN_SESSION: 404,
-                ErrorCode.SESSION_ATTACHED: 409, ErrorCode.INTERNAL: 500}
 CODEC_THREADS = 4
 
 
@@ -68,12 +66,12 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     worker = ComputeWorker(load_pipelines, warmup=settings.warmup, max_batch=settings.max_batch,
                            stage_devices=settings.stage_devices)
     metrics = ServerMetrics()
-    sessions = SessionManager(worker, metrics, max_sessions=settings.max_sessions,
-                              idle_timeout_s=settings.session_idle_timeout_s, audio_buffer_s=settings.audio_buffer_s)
+    sessions = SessionManager(worker, metrics, max_sessions=settings.max_sessions, idle_timeout_s=settings.session_idle_timeout_s,
+                              audio_buffer_s=settings.audio_buffer_s, max_sessions_per_owner=settings.max_sessions_per_token)
     metrics.track_sessions(sessions.samples)
     metrics.track_pipelines(lambda: list(worker.pipelines.items()))
     context = ServerContext(settings, worker, sessions, metrics, TokenAuthority(api_token),
-                            ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="codec"))
+                            ThreadPoolExecutor(CODEC_THREADS, thread_name_prefix="codec"), PeerRegistry())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -98,20 +96,8 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     app.include_router(webrtc_router)
     app.include_router(whip_router)
     app.include_router(whep_router)
-    app.add_exception_handler(StreamError, _stream_error_response)
-    app.add_exception_handler(RequestValidationError, _validation_error_response)
+    install_error_handlers(app)
     app.mount("/", StaticFiles(directory=web_root(), html=True), name="web")
-    app.add_middleware(AuthMiddleware, authority=context.auth)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AuthMiddleware, authority=context.auth)  # outermost: nothing is read for a refused request
     return app
-
-
-async def _stream_error_response(request: Request, err: StreamError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if err.code is ErrorCode.BUSY else None
-    return JSONResponse({"error": err.to_dict()}, status_code=_HTTP_STATUS.get(err.code, 400), headers=headers)
-
-
-async def _validation_error_response(request: Request, err: RequestValidationError) -> JSONResponse:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    body = StreamError(ErrorCode.BAD_MESSAGE, f"{where}: {first['msg']}", field=where)
-    return JSONResponse({"error": body.to_dict()}, status_code=422)

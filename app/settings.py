@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.engines.kinds import EngineChoice
 from pipelines.registry import ModelOptions
 
 
@@ -27,12 +28,18 @@ class Settings(BaseSettings):
     random_weights: bool = Field(False, description="Build the preset's real architecture with random weights (speed tests).")
     api_token: SecretStr | None = Field(None, description="Bearer token required by every route when set.")
     max_sessions: int = Field(8, ge=1, description="Admission control: more sessions are refused as busy.")
+    max_sessions_per_token: int = Field(4, ge=1, description="Sessions one short-lived (browser) token may hold at once; "
+                                        "the API token is bounded by max_sessions only.")
     session_idle_timeout_s: float = Field(60.0, gt=0)
     log_level: str = "info"
     pipelines: list[str] | None = Field(
         None, description="Pipelines `serve` loads, as `name` or `name:preset`; the first is the default. "
         "Unset: the pipeline of --preset (stream-diffusion without one) and passthrough.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for model compute; unset keeps torch's choice.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for model compute; unset: OMP_NUM_THREADS, else the "
+                                "usable cores of this machine minus one (at least 1), logged at start.")
+    engine: str = Field("auto", description="What runs each model component: auto (per device), eager, compile, onnx, "
+                        "tensorrt, or per component (unet=compile,vae=onnx). See docs/engines.md.")
+    engine_cache: Path | None = Field(None, description="Folder of built engines (default: ~/.cache/latentcast/engines).")
     warmup: bool = Field(True, description="Run each pipeline once at startup so the first client does not pay for it.")
     max_batch: int = Field(16, ge=1, description="Most streams one batched step serves.")
     stage_devices: list[str] | None = Field(
@@ -45,12 +52,20 @@ class Settings(BaseSettings):
     allowed_formats: list[str] = Field(["jpeg", "webp", "rgb24"], description="Input picture formats accepted on the stream.")
     audio_buffer_s: float = Field(2.0, gt=0, description="Audio a session may queue before chunks are refused.")
     stats_interval_s: float = Field(1.0, gt=0, description="How often a stream is sent a `stats` message.")
+    webrtc_connect_timeout_s: float = Field(30.0, gt=0, description="An answered WebRTC, WHIP or WHEP offer whose peer has not "
+                                            "connected by then is given up, with what it held.")
     browser_token_ttl_s: float = Field(900.0, gt=0, description="Lifetime of the short-lived tokens given to browsers.")
 
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        return str(EngineChoice.parse(value))  # a misspelt engine or component fails at start, with the choices
+
     def model_options(self, preset: str | None, model_dir: Path | None = None) -> ModelOptions:
         return ModelOptions(preset=preset, device=self.device, dtype=self.dtype, model_dir=model_dir,
-                            random_weights=self.random_weights, threads=self.threads)
+                            random_weights=self.random_weights, threads=self.threads, engine=self.engine,
+                            engine_cache=self.engine_cache)
 
 
 def load_settings(**overrides) -> Settings:

@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 
 from app import __version__
+from app.auth import token_owner
 from app.context import ServerContext, server_context
 from streaming.codec import encode_image
 from streaming.control import ControlProtocol
@@ -55,7 +56,8 @@ class StreamConnection(ControlProtocol):
 
     def __init__(self, websocket: WebSocket, context: ServerContext):
         s = context.settings
-        super().__init__(context.sessions, context.metrics, max_control_bytes=s.max_control_bytes, stats_interval_s=s.stats_interval_s)
+        super().__init__(context.sessions, context.metrics, max_control_bytes=s.max_control_bytes, stats_interval_s=s.stats_interval_s,
+                         owner=token_owner(websocket))
         self.ws = websocket
         self.context = context
         self.settings = s

@@ -2,7 +2,9 @@
 
 Pipelines talk to `DiffusionModels` only: encode prompts, encode and decode images, predict
 noise. The SD-vs-SDXL differences (two text encoders, pooled embeddings, size conditioning)
-stay in here, so the stream-diffusion pipeline has one code path for every preset.
+stay in here, so the stream-diffusion pipeline has one code path for every preset. Each model
+call goes through its component's engine (`models.engines`: eager, torch.compile or ONNX
+Runtime), so neither the pipeline nor these methods' callers know which one runs it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import torch
 
+from models.engines.diffusion_parts import DiffusionEngines
 from models.presets import DiffusionPreset
 from models.source import ModelSource
 
@@ -52,6 +55,8 @@ class DiffusionModels:
     dtype: torch.dtype
     source: ModelSource
     """How to load the same weights elsewhere (a stage process on another device)."""
+    engines: DiffusionEngines
+    """What runs each model call: the UNet, the VAE's encoder and decoder, each text encoder."""
 
     @property
     def latent_channels(self) -> int:
@@ -68,38 +73,32 @@ class DiffusionModels:
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> PromptEmbeds:
         hidden_parts, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+        for tokenizer, encoder in zip(self.tokenizers, self.engines.text_encoders):
             ids = tokenizer(
                 texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
             ).input_ids.to(self.device)
-            penultimate = self.preset.text_hidden_layer == "penultimate"
-            out = encoder(ids, output_hidden_states=penultimate)
-            hidden_parts.append(out.hidden_states[-2] if penultimate else out.last_hidden_state)
-            if getattr(out, "text_embeds", None) is not None:
-                pooled = out.text_embeds  # SDXL: the projected embedding of CLIPTextModelWithProjection
+            out = encoder(ids)
+            if isinstance(out, tuple):  # SDXL: the projected embedding of CLIPTextModelWithProjection
+                out, pooled = out
+            hidden_parts.append(out)
         return PromptEmbeds(torch.cat(hidden_parts, dim=-1).to(self.dtype), None if pooled is None else pooled.to(self.dtype))
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> latents in the UNet's scale."""
-        latents = self.vae.encode(images.to(self.dtype)).latents
-        return latents * self.vae.config.scaling_factor
+        return self.engines.vae_encoder(images.to(self.dtype))
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> (B, 3, H, W) in [-1, 1]."""
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return images.clamp(-1, 1)
+        return self.engines.vae_decoder(latents)
 
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
         """The UNet's raw output for each row (its own timestep and conditioning per row)."""
-        added = None
-        if self.preset.family == "sdxl":
-            height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
-            # SDXL's size conditioning: original size, crop top-left, target size.
-            time_ids = torch.tensor([height, width, 0, 0, height, width], device=self.device, dtype=self.dtype)
-            added = {"text_embeds": embeds.pooled, "time_ids": time_ids.expand(latents.shape[0], -1)}
-        return self.unet(
-            latents, timesteps, encoder_hidden_states=embeds.hidden, added_cond_kwargs=added, return_dict=False
-        )[0]
+        if self.preset.family != "sdxl":
+            return self.engines.unet(latents, timesteps, embeds.hidden)
+        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
+        # SDXL's size conditioning: original size, crop top-left, target size.
+        time_ids = torch.tensor([height, width, 0, 0, height, width], device=self.device, dtype=self.dtype)
+        return self.engines.unet(latents, timesteps, embeds.hidden, embeds.pooled, time_ids.expand(latents.shape[0], -1))

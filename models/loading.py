@@ -6,6 +6,9 @@ Three ways, one result (`DiffusionModels`):
   download): same shapes and FLOPs, for speed measurements on machines without the weights;
 - otherwise weights load with `from_pretrained` from `model_dir` (a local folder in diffusers
   layout) or from the preset's hub ids.
+
+`engine` says what runs each component (`models.engines`: eager, torch.compile, ONNX Runtime);
+engines are built or loaded from `engine_cache` on the first call of each shape.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import torch
 
 from models.device import resolve_device, resolve_dtype
 from models.diffusion import DiffusionModels
+from models.engines.cache import EngineCache
+from models.engines.diffusion_parts import diffusion_engines
+from models.engines.kinds import EngineChoice
 from models.presets import DiffusionPreset, get_preset
 from models.source import ModelSource
 from models.tokenizer import build_byte_tokenizer
@@ -40,8 +46,14 @@ def load_diffusion_models(
     model_dir: Path | str | None = None,
     random_weights: bool = False,
     seed: int = 0,
+    engine: str | EngineChoice = "eager",
+    engine_cache: Path | str | None = None,
 ) -> DiffusionModels:
-    source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights, "seed": seed})
+    """`engine`: an `--engine` spec (`auto` picks per device); eager by default, so code that
+    loads models for itself (tests, training tools) runs plain PyTorch unless it asks."""
+    choice = EngineChoice.parse(engine)
+    source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights, "seed": seed,
+                          "engine": str(choice), "engine_cache": engine_cache})
     preset = get_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -67,6 +79,8 @@ def load_diffusion_models(
         device=dev,
         dtype=dt,
         source=source,
+        engines=diffusion_engines(unet, vae, encoders, preset.text_hidden_layer == "penultimate", choice, dev, dt,
+                                  EngineCache(engine_cache)),
     )
 
 

@@ -24,7 +24,13 @@ class ModelOptions:
     model_dir: Path | None = None
     random_weights: bool = False
     threads: int | None = None
-    """CPU threads for compute (torch's intra-op pool); None keeps torch's choice."""
+    """CPU threads for compute (torch's intra-op pool, ONNX Runtime's sessions); None: chosen from
+    the machine (models.engines.threads)."""
+    engine: str = "auto"
+    """What runs each model component (models.engines): `auto` (per device), `eager`, `compile`,
+    `onnx`, `tensorrt`, or per component (`unet=compile,vae=eager`)."""
+    engine_cache: Path | None = None
+    """Where built engines are kept; None: $LATENTCAST_ENGINE_CACHE, else ~/.cache/latentcast/engines."""
 
 
 def _passthrough(options: ModelOptions) -> Pipeline:
@@ -38,7 +44,8 @@ def _stream_diffusion(options: ModelOptions) -> Pipeline:
     from pipelines.stream_diffusion.pipeline import StreamDiffusionPipeline
 
     models = load_diffusion_models(
-        options.preset or DEFAULT_PRESETS["stream-diffusion"], options.device, options.dtype, options.model_dir, options.random_weights
+        options.preset or DEFAULT_PRESETS["stream-diffusion"], options.device, options.dtype, options.model_dir, options.random_weights,
+        engine=options.engine, engine_cache=options.engine_cache,
     )
     return StreamDiffusionPipeline(models)
 
@@ -48,7 +55,8 @@ def _rolling_kv_video(options: ModelOptions) -> Pipeline:
     from pipelines.rolling_kv.pipeline import RollingKVPipeline
 
     models = load_video_models(
-        options.preset or DEFAULT_PRESETS["rolling-kv-video"], options.device, options.dtype, options.model_dir, options.random_weights
+        options.preset or DEFAULT_PRESETS["rolling-kv-video"], options.device, options.dtype, options.model_dir, options.random_weights,
+        engine=options.engine, engine_cache=options.engine_cache,
     )
     return RollingKVPipeline(models)
 
@@ -147,8 +155,7 @@ def load_pipeline(name: str, options: ModelOptions | None = None) -> Pipeline:
     except KeyError:
         raise UnknownPipelineError(f"unknown pipeline {name!r}; choose one of {', '.join(pipeline_names())}") from None
     options = options or ModelOptions()
-    if options.threads:
-        import torch
+    from models.engines.threads import apply_compute_threads
 
-        torch.set_num_threads(options.threads)
+    apply_compute_threads(options.threads)
     return builder(options)

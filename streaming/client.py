@@ -6,6 +6,10 @@
         frame = await client.receive_frame()          # same frame_id and pts as the input it came from
         await client.update({"prompt": "an oil painting"})   # returns once in force
         print((await client.stats())["latency_ms"])
+
+Behind a cluster's front door (docs/cluster.md) the same code works: `start` follows the front door's `redirect`
+to the worker the session was placed on, and if that worker dies the session ends with a `stopped` whose
+reason is `worker_failed`, which the client learns from the front door once the connection drops.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import contextlib
 import itertools
 import json
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -70,9 +76,23 @@ def stream_url(base: str) -> str:
     return urlunsplit((scheme, url.netloc, path, url.query, ""))
 
 
+def http_base(url: str) -> str:
+    """http(s)://host from any of the URLs `stream_url` takes."""
+    parts = urlsplit(url)
+    return urlunsplit(({"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme), parts.netloc, "", "", ""))
+
+
+MAX_REDIRECTS = 3  # a front door sends a start to one worker; more hops than this is a loop
+
+
 class StreamClient:
-    def __init__(self, connection: ClientConnection):
+    def __init__(self, connection: ClientConnection, token: str | None = None, base_url: str = ""):
         self._ws = connection
+        self._token = token
+        self._base_url = base_url
+        self.placed_by: str | None = None  # the front door that sent this client to its worker (a cluster), if one did
+        self._closing = False
+        self._asking: set[asyncio.Task] = set()
         self._request_ids = itertools.count(1)
         self._frame_ids = itertools.count()
         self._pending: dict[str, asyncio.Future] = {}
@@ -90,10 +110,7 @@ class StreamClient:
 
     @classmethod
     async def connect(cls, base_url: str, token: str | None = None, *, open_timeout: float = 10.0) -> StreamClient:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        ws = await connect(stream_url(base_url), additional_headers=headers, max_size=None, compression=None,
-                           open_timeout=open_timeout)
-        client = cls(ws)
+        client = cls(await _open(stream_url(base_url), token, open_timeout), token, base_url)
         client.hello = await asyncio.wait_for(asyncio.shield(client._hello), open_timeout)
         return client
 
@@ -122,8 +139,27 @@ class StreamClient:
         if session_id is not None:
             body["session_id"] = session_id
         started = await self.request(body, timeout)
+        for _ in range(MAX_REDIRECTS):
+            if started.get("type") != "redirect":
+                break
+            await self._follow(started["url"], timeout)
+            started = await self.request(body, timeout)
+        if started.get("type") == "redirect":
+            raise ConnectionError(f"redirected more than {MAX_REDIRECTS} times, last to {started['url']}")
         self.session_id = started["session_id"]
         return started
+
+    async def _follow(self, url: str, timeout: float) -> None:
+        """A front door placed the session: reconnect to its worker (the caller sends the same start again)."""
+        self.placed_by = self.placed_by or http_base(self._base_url)
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._ws.close()
+        self._ws = await _open(url, self._token, timeout)
+        self._hello = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())
+        self.hello = await asyncio.wait_for(asyncio.shield(self._hello), timeout)
 
     async def update(self, params: dict[str, Any] | None = None, *, slo: dict | None = None, timeout: float = 30.0) -> dict:
         """Change parameters; returns the `ack` once they are in force, raises StreamClientError if refused."""
@@ -182,6 +218,7 @@ class StreamClient:
         return await asyncio.wait_for(self.errors.get(), timeout)
 
     async def close(self) -> None:
+        self._closing = True
         await self._ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -205,6 +242,18 @@ class StreamClient:
                     future.set_exception(closed)
             if not self._hello.done():
                 self._hello.set_exception(closed)
+            if self.placed_by and self.session_id and not self.stopped.done() and not self._closing:
+                task = asyncio.get_running_loop().create_task(self._ask_why_ended(self.placed_by, self.session_id))
+                self._asking.add(task)
+                task.add_done_callback(self._asking.discard)
+
+    async def _ask_why_ended(self, front_door: str, session_id: str) -> None:
+        """The connection to a cluster worker dropped without `stopped`: the front door knows whether the worker
+        died, and then the session ends here with its reason (`worker_failed`) and message."""
+        status, body = await asyncio.to_thread(_get_json, f"{front_door}/v1/sessions/{session_id}", self._token)
+        error = body.get("error") or {}
+        if status == 502 and error.get("code") == "worker_failed" and not self.stopped.done():
+            self.stopped.set_result({"type": "stopped", "request_id": None, "reason": "worker_failed", "message": error.get("message", "")})
 
     def _on_media(self, message: bytes) -> None:
         header, payload = unpack_media(message)
@@ -239,3 +288,23 @@ class StreamClient:
                 future.set_result(body)
         elif kind == "error":
             self.errors.put_nowait(StreamClientError(body))
+
+
+async def _open(url: str, token: str | None, timeout: float) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return await connect(url, additional_headers=headers, max_size=None, compression=None, open_timeout=timeout)
+
+
+def _get_json(url: str, token: str | None) -> tuple[int, dict]:
+    """GET a JSON body (an error body too) with its status; (0, {}) when there is no answer."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read() or b"{}")
+        except ValueError:
+            return err.code, {}
+    except (OSError, ValueError):
+        return 0, {}

@@ -29,8 +29,10 @@ class ControlProtocol:
     # Exceptions that mean the peer has gone: background sends then end quietly.
     GONE: tuple[type[BaseException], ...] = (RuntimeError, ConnectionError)
 
-    def __init__(self, sessions: SessionManager, metrics: ServerMetrics, *, max_control_bytes: int, stats_interval_s: float):
+    def __init__(self, sessions: SessionManager, metrics: ServerMetrics, *, max_control_bytes: int, stats_interval_s: float,
+                 owner: str | None = None):
         self.sessions = sessions
+        self.owner = owner  # the short-lived token the connection came with: its sessions count against it
         self.metrics = metrics
         self.max_control_bytes = max_control_bytes
         self.stats_interval_s = stats_interval_s
@@ -68,6 +70,10 @@ class ControlProtocol:
     def transport_closed(self) -> bool:
         """True when the connection went away while a session was being made."""
         return False
+
+    def sends_video(self) -> bool:
+        """Whether this transport sends the session's generated video (and counts it)."""
+        return True
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class ControlProtocol:
             raise StreamError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {message.version}; this server speaks {PROTOCOL_VERSION}")
         sessions = self.sessions
         if message.session_id is not None:
-            session = sessions.attach_stream(message.session_id, self.sink)
+            session = sessions.attach_stream(message.session_id, self.sink, sends_video=self.sends_video())
             if message.params or "slo" in message.model_fields_set:
                 try:
                     await sessions.update(session, message.params, message.slo if "slo" in message.model_fields_set else None)
@@ -126,8 +132,8 @@ class ControlProtocol:
                     raise
         else:
             on_queued = self._queued_reporter(message.request_id) if message.queue else None
-            session = await sessions.create(message.pipeline, message.params, message.slo, on_queued=on_queued)
-            sessions.attach_stream(session.id, self.sink)
+            session = await sessions.create(message.pipeline, message.params, message.slo, on_queued=on_queued, owner=self.owner)
+            sessions.attach_stream(session.id, self.sink, sends_video=self.sends_video())
         if self.transport_closed():
             sessions.close(session.id)
             return

@@ -69,6 +69,14 @@ class _SessionCollector(Collector):
                                     labels=["session", "pipeline", "where"])
         misses = GaugeMetricFamily("latentcast_session_deadline_misses", "Frames sent later than the session's latency budget.",
                                    labels=["session", "pipeline"])
+        # Temporal consistency of video sessions (streaming.consistency), `source` output or input.
+        warp = GaugeMetricFamily("latentcast_session_warp_error", "Mean squared RGB difference between consecutive frames "
+                                 "after warping by the input's optical flow, occlusions masked (recent samples).",
+                                 labels=["session", "pipeline", "source"])
+        flicker = GaugeMetricFamily("latentcast_session_flicker", "Frame-to-frame change of a 4x4 grid of mean colours (recent samples).",
+                                    labels=["session", "pipeline", "source"])
+        drift = GaugeMetricFamily("latentcast_session_drift", "The output's last seconds against its first: color_shift (RGB distance), "
+                                  "contrast_ratio and sharpness_ratio (1: no drift).", labels=["session", "pipeline", "measure", "source"])
         for s in self._sessions():
             ids = [s.session_id, s.pipeline]
             fps_in.add_metric(ids, s.snapshot["fps_in"])
@@ -80,7 +88,26 @@ class _SessionCollector(Collector):
             dropped.add_metric([*ids, "output"], s.snapshot["dropped_output"])
             dropped.add_metric([*ids, "stale"], s.snapshot["dropped_stale"])
             misses.add_metric(ids, s.snapshot["deadline_misses"])
-        yield from (fps_in, fps_out, latency, dropped, misses)
+            _add_consistency(s.snapshot.get("consistency"), ids, warp, flicker, drift)
+        yield from (fps_in, fps_out, latency, dropped, misses, warp, flicker, drift)
+
+
+def _add_consistency(section: dict | None, ids: list[str], warp: GaugeMetricFamily, flicker: GaugeMetricFamily,
+                     drift: GaugeMetricFamily) -> None:
+    """A session's measured consistency values (none until its first samples)."""
+    if section is None:
+        return
+    for family, name in ((warp, "warp_error"), (flicker, "flicker")):
+        for source, key in (("output", name), ("input", f"{name}_input")):
+            if section[key] is not None:
+                family.add_metric([*ids, source], section[key])
+    sources = [("output", section["drift"])]
+    if section["drift"] is not None:
+        sources.append(("input", section["drift"].get("input")))
+    for source, values in sources:
+        for measure, value in (values or {}).items():
+            if measure != "input" and value is not None:
+                drift.add_metric([*ids, measure, source], value)
 
 
 class ServerMetrics:

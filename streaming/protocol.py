@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -34,6 +35,9 @@ MAGIC = b"LC"
 HEADER = struct.Struct("<2sBBBBHQdII")
 HEADER_SIZE = HEADER.size  # 32
 FLAG_REUSED = 0x01
+# Arrays and objects nest at most this deep in a control message or a REST body: no message needs
+# more, and Python's JSON reader would fail with a RecursionError long before the size limit.
+MAX_JSON_DEPTH = 32
 
 
 class MediaKind(IntEnum):
@@ -161,14 +165,36 @@ _MESSAGE_MODELS: dict[str, type[ControlMessage]] = {
     "start": StartMessage, "update": UpdateMessage, "stats": StatsRequest, "stop": StopMessage}
 
 
-def parse_control(text: str) -> ControlMessage:
-    """A validated control message, or StreamError with the code a client can branch on."""
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON text, read without parsing it (brackets inside
+    strings do not count), so that too deep a text is refused before a parser recurses into it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_json_object(text: str, what: str) -> dict[str, Any]:
+    """`text` as a JSON object; StreamError(bad_json) when it is not one or nests deeper than MAX_JSON_DEPTH."""
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise StreamError(ErrorCode.BAD_JSON, f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
         raw = json.loads(text)
     except ValueError as err:
-        raise StreamError(ErrorCode.BAD_JSON, f"control message is not valid JSON: {err}") from None
+        raise StreamError(ErrorCode.BAD_JSON, f"{what} is not valid JSON: {err}") from None
     if not isinstance(raw, dict):
-        raise StreamError(ErrorCode.BAD_JSON, "control message must be a JSON object")
+        raise StreamError(ErrorCode.BAD_JSON, f"{what} must be a JSON object")
+    return raw
+
+
+def parse_control(text: str) -> ControlMessage:
+    """A validated control message, or StreamError with the code a client can branch on."""
+    raw = load_json_object(text, "control message")
     kind = raw.get("type")
     model = _MESSAGE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -184,8 +210,8 @@ def parse_control(text: str) -> ControlMessage:
 def request_id_of(text: str) -> str | None:
     """Best-effort request id of a message that failed to parse, so its error can be matched."""
     try:
-        raw = json.loads(text)
-    except ValueError:
+        raw = load_json_object(text, "control message")
+    except StreamError:
         return None
-    rid = raw.get("request_id") if isinstance(raw, dict) else None
+    rid = raw.get("request_id")
     return rid if isinstance(rid, str) else None

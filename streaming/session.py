@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipelines.base import Pipeline, PipelineState
+from pipelines.base import Pipeline, PipelineKind, PipelineState
+from streaming.consistency import ConsistencyMeter
 from streaming.errors import StreamError
 from streaming.frames import AudioChunk, VideoFrame
 from streaming.metrics import PipelineMetrics
@@ -103,9 +104,13 @@ class Session:
         self.audio_in = AudioFifo(audio_buffer_s)
         self.stats = SessionStats(slo.latency_budget_ms / 1000)
         self.stats.extra = self._pipeline_stats
+        if pipeline.kind is not PipelineKind.AUDIO_TO_AUDIO:
+            self.stats.consistency = ConsistencyMeter()
         self.created_wall = time.time()
         self.last_activity = time.monotonic()
         self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
+        self.stream_sends_video = False   # that transport sends (and counts) the generated video itself
+        self.owner: str | None = None     # the short-lived token it counts against (None: bounded by max_sessions only)
         # Extra viewers of the output (WHEP players). A tuple, replaced whole, so the worker can
         # iterate it while the event loop adds or removes one.
         self.watchers: tuple[Callable[[SessionEvent], None], ...] = ()
@@ -172,6 +177,15 @@ class Session:
             self.metrics.latency.observe(latency)
             if latency > self.stats.latency_budget_s:
                 self.metrics.deadline_misses.inc()
+
+    def record_sent_by_watcher(self, frame: VideoFrame) -> None:
+        """A watcher (a WHEP player) sent `frame`. It is the session's output when its stream sends
+        no video of its own (a WHIP publisher, or no stream at all), counted once however many watch:
+        the first player to send a frame stamps it (watchers share the frame object)."""
+        if (self.sink is not None and self.stream_sends_video) or "sent" in frame.timestamps:
+            return
+        frame.stamp("sent")
+        self.record_sent(frame)
 
     def count_dropped_output(self) -> None:
         self.stats.count(StatCount.DROPPED_OUTPUT)

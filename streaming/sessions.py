@@ -7,7 +7,15 @@ result, so an update is acknowledged only once it is in force.
 Admission: a session is refused (`busy`, with the reason) when all `max_sessions` slots are taken
 or when the measured costs say it would make running sessions miss their SLOs
 (`streaming.admission`). A client that asked to queue waits in line instead, told its position
-whenever it changes; only the head of the line is considered, so nobody is overtaken.
+whenever it changes; only the head of the line is considered, so nobody is overtaken. A session
+may belong to an owner (the short-lived token that asked for it), who holds at most
+`max_sessions_per_owner` at once (`too_many_sessions`).
+
+A session is made only from a request that has been checked whole (pipeline, parameters, SLO,
+owner's room), and a create that fails or is cancelled after that leaves nothing behind. Running
+out of device memory while building its state refuses it (`out_of_memory`), after the worker has
+freed what the attempt held. The worker ends a session itself (out of memory mid-stream, a dead
+stage process) through `on_session_failed`/`on_pipeline_failed`, which hop onto the loop here.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,6 +35,7 @@ from pipelines.base import ParamError, Pipeline, UpdateClass, UpdateResult, pars
 from streaming.admission import AdmissionDecision, decide_admission
 from streaming.capacity import Demand
 from streaming.errors import ErrorCode, StreamError
+from streaming.memory import is_out_of_memory
 from streaming.metrics import ServerMetrics, SessionSample
 from streaming.protocol import SloSpec
 from streaming.session import Session, SessionClosed, SessionEvent
@@ -65,10 +75,11 @@ class UpdateReport(BaseModel):
 
 class SessionManager:
     def __init__(self, worker: ComputeWorker, metrics: ServerMetrics, *, max_sessions: int, idle_timeout_s: float,
-                 audio_buffer_s: float, max_queue: int = 16):
+                 audio_buffer_s: float, max_queue: int = 16, max_sessions_per_owner: int | None = None):
         self.worker = worker
         self.metrics = metrics
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner
         self.idle_timeout_s = idle_timeout_s
         self.audio_buffer_s = audio_buffer_s
         self.max_queue = max_queue
@@ -76,6 +87,10 @@ class SessionManager:
         # Sessions being created: counted so concurrent creates cannot overshoot.
         self._admitting: dict[str, Demand] = {}
         self._queue: list[asyncio.Event] = []  # queued starts, in order; each woken when room may have appeared
+        self._creating: Counter[str] = Counter()  # creates under way (queued included), by owner
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop sessions live on, once one is made
+        worker.on_session_failed = self._session_failed
+        worker.on_pipeline_failed = self._pipeline_failed
 
     @property
     def default_pipeline(self) -> str | None:
@@ -88,9 +103,11 @@ class SessionManager:
             raise StreamError(ErrorCode.UNKNOWN_SESSION, f"no session {session_id!r} (it may have ended or timed out)") from None
 
     async def create(self, pipeline_name: str | None, params: Mapping[str, Any], slo: SloSpec, *,
-                     on_queued: QueuedCallback | None = None) -> Session:
+                     on_queued: QueuedCallback | None = None, owner: str | None = None) -> Session:
         """Admit and build a session. With `on_queued`, a start that does not fit waits in line
-        (told its position through the callback) instead of being refused."""
+        (told its position through the callback) instead of being refused. `owner` (a short-lived
+        token) holds at most `max_sessions_per_owner` sessions."""
+        self.loop = asyncio.get_running_loop()
         if not self.worker.ready.is_set():
             why = f"loading the models failed ({self.worker.failed})" if self.worker.failed else "models are still loading"
             raise StreamError(ErrorCode.NOT_READY, f"{why}; see /health")
@@ -98,31 +115,65 @@ class SessionManager:
         pipeline = self.worker.pipelines.get(name) if name is not None else None
         if name is None or pipeline is None:
             raise StreamError(ErrorCode.UNKNOWN_PIPELINE, f"unknown pipeline {name!r}; this server runs {', '.join(self.worker.pipelines)}")
+        if name in self.worker.failed_pipelines:
+            raise StreamError(ErrorCode.PIPELINE_FAILED, f"{self.worker.failed_pipelines[name]}; it takes no sessions until the server restarts")
         try:
             parsed = parse_params(pipeline.params_model, params)
         except ParamError as err:
             raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
         slo = resolve_slo(slo, pipeline)
+        self._check_owner_room(owner)
         session_id = secrets.token_hex(8)
         demand = session_demand(session_id, name, pipeline, parsed, slo)
-        decision = await self._admit(demand, on_queued)
-        self._admitting[session_id] = demand
+        if owner is not None:
+            self._creating[owner] += 1
         try:
-            state = await asyncio.wrap_future(self.worker.call(lambda: pipeline.new_state(parsed, stream_id=session_id)))
-        except ParamError as err:
-            raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
+            decision = await self._admit(demand, on_queued)
+            state = await self._build_state(session_id, demand, lambda: pipeline.new_state(parsed, stream_id=session_id))
         finally:
-            del self._admitting[session_id]
-            self._wake_queue()
+            if owner is not None:
+                self._creating[owner] -= 1
+                if not self._creating[owner]:
+                    del self._creating[owner]
         session = Session(session_id, name, pipeline, state, slo, self.metrics.for_pipeline(name), self.audio_buffer_s, self.worker.wake)
+        session.owner = owner
         session.admitted_estimate = {"fps": round(decision.estimate.fps[session_id], 2),
                                      "latency_ms": round(decision.estimate.latency_s[session_id] * 1000, 1),
                                      "meets_slo": decision.estimate.meets[session_id]}
         self.sessions[session_id] = session
         self.metrics.sessions_active.set(len(self.sessions))
-        await asyncio.wrap_future(self.worker.attach(session))
+        try:
+            await asyncio.wrap_future(self.worker.attach(session))
+        except BaseException:  # cancelled (the client left) or the worker stopped: the session goes with it
+            self.close(session_id)
+            raise
         log.info("session %s opened on %s", session_id, name)
         return session
+
+    def _check_owner_room(self, owner: str | None) -> None:
+        if owner is None or self.max_sessions_per_owner is None:
+            return
+        held = sum(1 for s in self.sessions.values() if s.owner == owner) + self._creating[owner]
+        if held >= self.max_sessions_per_owner:
+            raise StreamError(ErrorCode.TOO_MANY_SESSIONS, f"this token already holds {held} session(s), as many as one token may "
+                              f"({self.max_sessions_per_owner}); end one first")
+
+    async def _build_state(self, session_id: str, demand: Demand, build: Callable[[], Any]) -> Any:
+        """The stream's pipeline state, built on the worker while the session holds its admission slot."""
+        self._admitting[session_id] = demand
+        try:
+            return await asyncio.wrap_future(self.worker.call(build))
+        except ParamError as err:
+            raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            log.warning("session %s refused: out of device memory building its state: %s", session_id, err)
+            raise StreamError(ErrorCode.OUT_OF_MEMORY, f"the device ran out of memory building this session ({err}); "
+                              "retry later, or with a smaller size or fewer steps") from None
+        finally:
+            del self._admitting[session_id]
+            self._wake_queue()
 
     async def _admit(self, demand: Demand, on_queued: QueuedCallback | None) -> AdmissionDecision:
         """Admit now, refuse (StreamError busy), or wait in line until admitted."""
@@ -166,6 +217,11 @@ class SessionManager:
             return AdmissionDecision(False, reason, decision.estimate), "busy"
         return decision, "slo"
 
+    def forecast_admission(self, demand: Demand) -> AdmissionDecision:
+        """What admission control would decide now on a session asking for `demand`, changing nothing: a cluster's
+        front door asks every worker before it places a session (app/cluster, docs/cluster.md)."""
+        return self._decide(demand)[0]
+
     def _wake_queue(self) -> None:
         for turn in self._queue:
             turn.set()
@@ -174,12 +230,19 @@ class SessionManager:
     def queued(self) -> int:
         return len(self._queue)
 
-    def attach_stream(self, session_id: str, sink: Callable[[SessionEvent], None]) -> Session:
-        """Connect a transport to a session created over REST."""
+    def check_attachable(self, session_id: str) -> Session:
+        """The session, if a stream may attach to it now; StreamError (unknown_session, session_attached) if not."""
         session = self.get(session_id)
         if session.sink is not None:
             raise StreamError(ErrorCode.SESSION_ATTACHED, f"session {session_id} already has a stream connected")
+        return session
+
+    def attach_stream(self, session_id: str, sink: Callable[[SessionEvent], None], *, sends_video: bool = True) -> Session:
+        """Connect a transport to a session; `sends_video`: the transport sends the generated video
+        itself (a WHIP publisher does not: its players' output counts then)."""
+        session = self.check_attachable(session_id)
         session.sink = sink
+        session.stream_sends_video = sends_video
         session.touch()
         return session
 
@@ -206,6 +269,11 @@ class SessionManager:
             result = await asyncio.wrap_future(self.worker.call(apply))
         except ParamError as err:
             raise StreamError(ErrorCode.BAD_PARAMS, str(err), field=err.field) from None
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            raise StreamError(ErrorCode.OUT_OF_MEMORY, f"the device ran out of memory applying this update ({err}); "
+                              "the session goes on as it was") from None
         applied = result.applied if result else []
         return UpdateReport(
             applied=applied,
@@ -238,6 +306,24 @@ class SessionManager:
         for session_id in list(self.sessions):
             self.close(session_id, reason, message)
 
+    def _session_failed(self, session_id: str, code: ErrorCode, message: str) -> None:
+        """The worker ended a session (any thread): tell its client and free it on the loop."""
+        self._on_loop(lambda: self.close(session_id, code.value, message))
+
+    def _pipeline_failed(self, pipeline_name: str, message: str) -> None:
+        """A pipeline can serve nobody any more (any thread): end its sessions on the loop."""
+
+        def close_its_sessions() -> None:
+            for session in [s for s in self.sessions.values() if s.pipeline_name == pipeline_name]:
+                self.close(session.id, ErrorCode.PIPELINE_FAILED.value, message)
+
+        self._on_loop(close_its_sessions)
+
+    def _on_loop(self, fn: Callable[[], object]) -> None:
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone, and its sessions with it
+                self.loop.call_soon_threadsafe(fn)
+
     def reap_idle(self, now: float) -> list[str]:
         """Close sessions nothing has come from for the idle timeout. A stream that needs no input
         (txt2img) counts as active while its connection is open: the socket's pings catch dead peers."""
@@ -248,6 +334,7 @@ class SessionManager:
         return idle
 
     async def reap_forever(self) -> None:
+        self.loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
             self.reap_idle(time.monotonic())

@@ -14,6 +14,7 @@ from enum import Enum
 
 import numpy as np
 
+from streaming.consistency import ConsistencyMeter
 from streaming.frames import VideoFrame
 
 _WINDOW = 512          # frames kept for percentiles
@@ -81,6 +82,7 @@ class SessionStats:
         self._model: deque[float] = deque(maxlen=_WINDOW)
         self._lock = threading.Lock()
         self.extra: Callable[[], dict] | None = None  # a pipeline's own sections of the snapshot
+        self.consistency: ConsistencyMeter | None = None  # a video stream's temporal consistency (streaming.consistency)
 
     def record_input(self, at: float) -> None:
         with self._lock:
@@ -123,6 +125,8 @@ class SessionStats:
     def snapshot(self) -> dict:
         now = time.monotonic()
         extra = self.extra() if self.extra is not None else {}
+        if self.consistency is not None:
+            extra = {**extra, "consistency": self.consistency.snapshot()}
         with self._lock:
             counts = self.counts
             ttff = None if self.first_output_at is None else round((self.first_output_at - self.created_at) * 1000, 1)

@@ -7,6 +7,13 @@ planned batch through its pipeline's `step`, and report the measured step back t
 Results go back to the sessions through `Session.emit`; the event loop never waits on a model.
 
 Policy lives elsewhere (streaming.scheduler, streaming.degradation): this file only executes.
+
+Faults stay with the stream they hit. A step that raises is retried stream by stream, and the
+stream it fails on is told (`internal`). Running out of device memory frees what the failed call
+held, then lowers that stream's quality if its SLO allows it, or ends it (`out_of_memory`); a
+stage process that dies ends the sessions of the pipelines split across it (`pipeline_failed`)
+and new ones are refused. The session manager hears of both through `on_session_failed` and
+`on_pipeline_failed` (called on the worker's or a monitor thread) and closes them on the loop.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from models.engines.component import BuildPolicy, build_for_streams, collect_engines
 from pipelines.base import Pipeline, PipelineKind, StepInput, StepOutput, merge_params, parse_params
 from streaming.capacity import Demand
 from streaming.costs import CostModel
 from streaming.degradation import DegradationPolicy, QualityMove, QualityView
 from streaming.errors import ErrorCode, StreamError
 from streaming.frames import AudioChunk, VideoFrame
+from streaming.memory import is_out_of_memory, release_after_out_of_memory
 from streaming.scheduler import Batch, SloScheduler, StreamView, TickPlan
 from streaming.session import OutputAudio, OutputFrame, QualityChanged, QualityLevel, Session, StreamNotice, values_of
 from streaming.stages.group import StageGroup
@@ -55,6 +64,10 @@ class ComputeWorker:
         self.pipelines: dict[str, Pipeline] = {}
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self.failed_pipelines: dict[str, str] = {}   # pipeline name -> why it can serve no stream any more
+        # Set by the session manager: end one session (id, code, message), or every session of a pipeline (name, message).
+        self.on_session_failed: Callable[[str, ErrorCode, str], None] | None = None
+        self.on_pipeline_failed: Callable[[str, str], None] | None = None
         self.finished_loading = threading.Event()   # set on success and on failure
         self.costs = CostModel()                     # read by admission control on the event loop
         self.scheduler = SloScheduler(self.costs, max_batch)
@@ -98,16 +111,23 @@ class ComputeWorker:
 
     def _run(self) -> None:
         try:
-            self.pipelines = dict(self._load_pipelines())
+            with collect_engines() as engines:  # the compiled engines of these pipelines' models
+                self.pipelines = dict(self._load_pipelines())
             if self._stage_devices:
                 self.stage_group = place_stages(self.pipelines, self._stage_devices)
+                if self.stage_group is not None:
+                    self.stage_group.watch(self._stage_process_died)
             if self._warmup:
                 for name, pipeline in self.pipelines.items():
                     started = time.perf_counter()
                     warm_up(pipeline)
+                    # Engines for the shapes warm-up used, for every batch of streams the scheduler may form.
+                    build_for_streams(engines, self.max_batch)
                     profile_costs(name, pipeline, self.costs)
                     log.info("warmed %s in %.2f s; step costs (ms): %s", name, time.perf_counter() - started,
                              self.costs.snapshot().get(name))
+            for engine in engines:  # from now on a shape without an engine runs eager while it is built: no stream stalls
+                engine.build_policy = BuildPolicy.BACKGROUND
         except BaseException as err:  # reported through /health and `serve`
             log.exception("loading the pipelines failed")
             self.failed = err
@@ -175,6 +195,8 @@ class ComputeWorker:
             try:
                 future.set_result(fn())
             except BaseException as err:  # noqa: BLE001 - handed to the caller
+                if is_out_of_memory(err):  # building a stream's state: the caller refuses the session
+                    release_after_out_of_memory(err)
                 future.set_exception(err)
 
     def _forward_audio(self) -> None:
@@ -255,6 +277,8 @@ class ComputeWorker:
                 if frame is None:
                     continue
                 frame.stamp("started", started)
+                if (meter := session.stats.consistency) is not None:
+                    meter.note_input(frame)  # kept (a reference) until its output is measured
             else:
                 # An audio pipeline gets the audio that arrived since its last tick.
                 frame = session.audio_in.drain() if session.pipeline.kind is PipelineKind.AUDIO_TO_AUDIO else None
@@ -297,18 +321,50 @@ class ComputeWorker:
 
     def _step(self, pipeline: Pipeline, entries: list[tuple[Session, StepInput]]) -> Sequence[StepOutput | None]:
         """One batched step; if it fails, each stream is retried alone so that one stream's bad
-        input costs only that stream its frame."""
+        input (or one batch too large for the device's memory) costs only that stream its frame."""
         try:
             return pipeline.step([(s.state, f) for s, f in entries])
         except Exception as err:  # reported to the stream, the server goes on
+            out_of_memory = is_out_of_memory(err)
+            if out_of_memory:
+                release_after_out_of_memory(err)
             if len(entries) == 1:
                 session, frame = entries[0]
-                log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)
                 session.stats.count(StatCount.ERRORS)
+                if out_of_memory:
+                    self._out_of_memory(session, str(err))
+                    return [None]
+                log.warning("pipeline %s failed on session %s: %s", pipeline.name, session.id, err, exc_info=True)
                 session.emit(StreamNotice(StreamError(ErrorCode.INTERNAL, f"{pipeline.name} failed on this frame: {err}"),
                                           frame.frame_id if isinstance(frame, VideoFrame) else None))
                 return [None]
             return [self._step(pipeline, [entry])[0] for entry in entries]
+
+    def _out_of_memory(self, session: Session, error: str) -> None:
+        """One stream alone does not fit in the device's memory: step its quality down if its SLO
+        allows it (the `quality` message says why), else end it and free its state."""
+        reason = f"the device ran out of memory for this stream ({error.splitlines()[0] if error else 'no details'})"
+        if self._next_step_down(session) is not None:
+            levels = len(session.quality)
+            self._apply_quality(session, QualityMove(session.id, "down", reason))
+            if len(session.quality) > levels:
+                return
+        log.warning("session %s ended: %s", session.id, reason)
+        self._forget(session.id)
+        if self.on_session_failed is not None:
+            self.on_session_failed(session.id, ErrorCode.OUT_OF_MEMORY, f"{reason}; start it again with a smaller size or fewer steps")
+
+    def _stage_process_died(self, process: str, exitcode: int | None) -> None:
+        """A stage process exited while serving (its monitor thread calls this): the pipelines split
+        across it can serve nobody now; their sessions end and new ones are refused."""
+        for name, pipeline in self.pipelines.items():
+            if pipeline.scheduling.stages is None:
+                continue
+            reason = f"stage process {process} of pipeline {name} exited (code {exitcode})"
+            log.error("%s; its sessions end, and it takes no new ones until the server restarts", reason)
+            self.failed_pipelines[name] = reason
+            if self.on_pipeline_failed is not None:
+                self.on_pipeline_failed(name, reason)
 
     @staticmethod
     def _deliver(session: Session, out: VideoFrame, generated: bool, reused: bool, index: int, started: float,
@@ -323,6 +379,8 @@ class ComputeWorker:
             out.timestamps.setdefault("received", started)
             out.stamp("started", started)
         out.stamp("finished", finished)
+        if (meter := session.stats.consistency) is not None:
+            meter.observe_output(out, finished)  # sampled; measured off this thread
         session.emit(OutputFrame(out, reused))
 
 

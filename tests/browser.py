@@ -37,13 +37,13 @@ def playwright_disabled_features() -> list[str]:
 
 def launch_chromium(playwright, *fake_media: str):
     """Headless Chromium with fake media devices (their files as `--use-file-for-fake-…-capture=PATH` in
-    `fake_media`), its WebRTC and name lookups kept on loopback."""
+    `fake_media`), its WebRTC and name lookups kept on loopback (127.0.0.*: a local cluster's nodes are .2, .3)."""
     features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
     return playwright.chromium.launch(executable_path=chromium_executable(), headless=True, args=[
         "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         *fake_media, "--disable-background-networking", "--disable-component-update",
         "--allow-loopback-in-peer-connection", f"--disable-features={features}",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.*",
     ])
 
 

@@ -1,9 +1,9 @@
 """Fake speech components for testing the relay's orchestration without models.
 
-Voice activity follows the signal's loudness; the recognizer, the LLM and the voice follow a
-script and record how they were called, so a test can see exactly what was drafted, verified,
-continued and spoken. Jobs run inline and time is a fake clock, so a conversation of several
-seconds runs in milliseconds and always the same way.
+Voice activity follows the signal's loudness; the recognizer, the LLM, the turn model and the
+voice follow a script and record how they were called, so a test can see exactly what was
+drafted, verified, continued and spoken. Jobs and model lanes run inline and time is a fake
+clock, so a conversation of several seconds runs in milliseconds and always the same way.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 from concurrent.futures import Executor, Future
 
 import numpy as np
+from faster_whisper.feature_extractor import FeatureExtractor
 
-from models.speech.asr import Transcript
+from models.speech.asr import LogMelStream, Transcript
 from models.speech.bundle import SpeechModels
 from models.speech.llm import Draft, TokenScores
 from models.speech.tts import Speech
+from pipelines.relay_speech.lanes import Priority
 from pipelines.relay_speech.metrics import TurnStats
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.relay import Relay
@@ -65,6 +67,29 @@ class ManualExecutor(Executor):
                 future.set_exception(err)
 
 
+class InlineLane:
+    """A model lane that runs each call as it is submitted, recording its priority."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[Priority, str]] = []
+
+    def submit(self, priority: Priority, fn, *args) -> Future:
+        self.calls.append((priority, getattr(fn, "__name__", type(fn).__name__)))
+        return InlineExecutor().submit(fn, *args)
+
+    def call(self, priority: Priority, fn, *args):
+        return self.submit(priority, fn, *args).result()
+
+
+class InlineLanes:
+    def __init__(self) -> None:
+        self.asr, self.llm, self.turn, self.tts = (InlineLane(n) for n in ("asr", "llm", "turn", "tts"))
+
+    def close(self) -> None:
+        pass
+
+
 class LoudnessVad:
     def stream(self):
         pending = np.zeros(0, np.float32)
@@ -81,23 +106,44 @@ class LoudnessVad:
 
 
 class ScriptedAsr:
-    def __init__(self, fast: str = "what is the capital of france", final: str | None = None):
+    """`features`: take Whisper's features as computed during speech (and record them)."""
+
+    def __init__(self, fast: str = "what is the capital of france", final: str | None = None, features: bool = False):
         self.fast, self.final = fast, final if final is not None else fast
         self.calls: list[tuple[float, int]] = []  # (seconds of audio, beam size)
+        self.features: list[tuple[np.ndarray, np.ndarray | None]] = []   # (audio, features passed)
+        self._mel = FeatureExtractor().mel_filters if features else None
 
-    def transcribe(self, audio16k: np.ndarray, beam_size: int = 1) -> Transcript:
+    def log_mel_stream(self) -> LogMelStream | None:
+        return LogMelStream(self._mel) if self._mel is not None else None
+
+    def transcribe(self, audio16k: np.ndarray, beam_size: int = 1, features=None) -> Transcript:
         self.calls.append((audio16k.size / RATE, beam_size))
+        self.features.append((audio16k, features))
         return Transcript(self.final if beam_size > 1 else self.fast, -0.2, 0.01, audio16k.size / RATE, 0.0)
 
 
 class ScriptedChat:
-    """Drafts the first words of `answer`; continues any prefix with the rest of it."""
+    """Drafts the first words of `answer`; continues any prefix with the rest of it. Its own
+    session for every conversation (it keeps no state); records what it read ahead."""
 
     def __init__(self, answer: str = "The capital of France is Paris. It is a big city.", continuation: str | None = None):
         self.answer = answer
         self.continuation = continuation  # what `respond` says after a non-empty prefix (default: the rest of `answer`)
         self.drafts: list[list[dict]] = []
         self.responses: list[tuple[list[dict], str]] = []
+        self.prefills: list[tuple[list[dict], bool]] = []
+        self.closed = 0
+
+    def session(self) -> ScriptedChat:
+        return self
+
+    def prefill(self, messages, open_end=False, max_new=None) -> bool:
+        self.prefills.append((list(messages), open_end))
+        return True
+
+    def close(self) -> None:
+        self.closed += 1
 
     def draft(self, messages, max_words, cancelled=None) -> Draft:
         self.drafts.append(list(messages))
@@ -136,6 +182,22 @@ class FixedVerifier:
         return self.p
 
 
+class FixedTurnModel:
+    """P(turn complete): `probability`; or, with `finished_after_s`, 0.95 for audio longer than
+    that (the whole sentence heard) and 0.1 for less (a pause inside it)."""
+
+    def __init__(self, probability: float = 0.95, finished_after_s: float | None = None):
+        self.p, self.finished_after_s = probability, finished_after_s
+        self.queries: list[float] = []   # seconds of audio each query saw
+
+    def probability(self, audio16k) -> float:
+        seconds = audio16k.size / RATE
+        self.queries.append(seconds)
+        if self.finished_after_s is None:
+            return self.p
+        return 0.95 if seconds > self.finished_after_s else 0.1
+
+
 class RecordingVoice:
     name = "fake"
 
@@ -152,10 +214,11 @@ class RecordingVoice:
         pass
 
 
-def fake_models(verifier_p: float = 0.9, asr: ScriptedAsr | None = None, chat: ScriptedChat | None = None) -> SpeechModels:
+def fake_models(verifier_p: float = 0.9, asr: ScriptedAsr | None = None, chat: ScriptedChat | None = None,
+                turn: FixedTurnModel | None = None) -> SpeechModels:
     chat = chat or ScriptedChat()
     return SpeechModels(vad=LoudnessVad(), asr=asr or ScriptedAsr(), drafter=chat, responder=chat,
-                        verifier=FixedVerifier(verifier_p), voices={"fake": RecordingVoice()}, default_voice="fake")
+                        verifier=FixedVerifier(verifier_p), turn=turn, voices={"fake": RecordingVoice()}, default_voice="fake")
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -177,8 +240,9 @@ class Conversation:
         self.clock = FakeClock()
         self.models = models or fake_models()
         self.turn_stats = TurnStats()
-        self.relay = Relay(self.models, RelaySpeechParams(output_sample_rate=16000, **params), jobs or InlineExecutor(), "s",
-                           (self.turn_stats,), self.clock)
+        self.lanes = InlineLanes()
+        self.relay = Relay(self.models, RelaySpeechParams(output_sample_rate=16000, **params), jobs or InlineExecutor(), self.lanes,
+                           "s", (self.turn_stats,), self.clock)
         self.out: list[tuple[float, AudioChunk]] = []   # (release time, chunk)
         self._ids = 0
 

@@ -55,6 +55,9 @@ def test_demo_streams_the_camera_and_applies_a_prompt_change(base_url, browser):
 
     page.wait_for_function("window.latentcast.stats !== null", timeout=5_000)
     assert "fps" in page.inner_text("#stats") and "latency" in page.inner_text("#stats")
+    # The temporal-consistency overlay: warp error and flicker against the input's, measured while streaming.
+    page.wait_for_function("!document.getElementById('consistency').hidden", timeout=15_000)
+    assert "warp error" in page.inner_text("#consistency") and "flicker" in page.inner_text("#consistency")
 
     # Another client changes a parameter over REST: the controls show what is in force (from the stats).
     session_id = page.evaluate("window.latentcast.sessionId")

@@ -87,6 +87,14 @@ BAD_MEDIA = {
     "audio as jpeg": (pack_media(header(MediaFormat.JPEG, kind=MediaKind.AUDIO, width=48000, height=1), b"\0\0"), "unsupported_format"),
 }
 
+def nested(depth: int) -> list:
+    """A JSON array nested `depth` levels deep."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 BAD_CONTROL = {
     "malformed json": ("{'type': 'update'", "bad_json"),
     "json that is not an object": ('"start"', "bad_json"),
@@ -98,6 +106,9 @@ BAD_CONTROL = {
     "parameter out of bounds": ('{"type": "update", "request_id": "q", "params": {"strength": 1.5}}', "bad_params"),
     "unknown parameter": ('{"type": "update", "request_id": "q", "params": {"sharpness": 3}}', "bad_params"),
     "wrongly typed parameter": ('{"type": "update", "request_id": "q", "params": {"width": "wide"}}', "bad_params"),
+    # Under the size limit, but deeper than Python's JSON reader recurses (it used to answer `internal`).
+    "deeply nested json": ('{"type": "start", "request_id": "q", "params": {"p": ' + "[" * 900 + "]" * 900 + "}}", "bad_json"),
+    "nested one level deeper than the limit": (json.dumps({"type": "update", "request_id": "q", "params": {"prompt": nested(32)}}), "bad_json"),
 }
 
 
@@ -133,7 +144,7 @@ async def test_bad_control_gets_its_error_and_the_session_survives(base_url, nei
         assert error.code == code, error
         if code == "bad_params":
             assert error.field in ("strength", "sharpness", "width")
-        if '"request_id": "q"' in message and code != "message_too_large":  # too large: never parsed
+        if '"request_id": "q"' in message and code not in ("message_too_large", "bad_json"):  # too large or deep: never parsed
             assert error.body.get("request_id") == "q"
         await assert_still_serving(client, 78)
         assert (await client.update({}))["params"]["strength"] == 1.0  # a refused update changed nothing
@@ -194,3 +205,46 @@ async def test_the_server_is_healthy_after_all_that(base_url):
         image = moving_picture(3, 32, 32)
         await client.send_frame(image, frame_id=9, format="rgb24")
         assert np.array_equal((await client.receive_frame()).image, image)
+
+
+async def test_json_nested_up_to_the_limit_is_read(base_url):
+    """The depth limit (32: the message object and what it holds) refuses only what is deeper."""
+    async with await StreamClient.connect(base_url) as client:
+        await client.start("tint", output_format="rgb24")
+        await client.send_raw(json.dumps({"type": "update", "request_id": "d", "params": {"prompt": nested(30)}}))
+        error = await client.next_error()
+        assert error.code == "bad_params" and error.field == "prompt"  # read and parsed: the parameter's type is wrong
+
+
+def assert_error_body(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"], body
+    return body["error"]
+
+
+async def test_http_errors_of_the_framework_have_the_documented_shape(base_url):
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        assert_error_body(await http.get("/v1/no-such-route"), 404, "not_found")
+        assert_error_body(await http.get("/no-such-file.js"), 404, "not_found")
+        for method, path, allowed in [("GET", "/v1/webrtc/offer", "POST"), ("PUT", "/v1/sessions", "GET, POST"),
+                                      ("POST", "/health", "GET"), ("GET", "/v1/whip", "POST, OPTIONS"),
+                                      ("PUT", "/v1/whep/x", "POST, OPTIONS"), ("POST", "/v1/whip/x", "DELETE, PATCH, OPTIONS")]:
+            response = await http.request(method, path)
+            assert_error_body(response, 405, "method_not_allowed")
+            assert response.headers["allow"] == allowed, (method, path)
+        assert_error_body(await http.patch("/v1/whip/x"), 404, "unknown_session")  # PATCH on an unknown resource
+        sessions = "/v1/sessions"
+        json_headers = {"Content-Type": "application/json"}
+        assert_error_body(await http.post(sessions, content=b'{"pipeline": "tint\xff"}', headers=json_headers), 400, "bad_json")
+        assert_error_body(await http.post(sessions, content=b'{"pipeline": ', headers=json_headers), 400, "bad_json")
+        deep = json.dumps({"pipeline": "tint", "params": {"prompt": nested(40)}})
+        assert "deeper than 32" in assert_error_body(await http.post(sessions, content=deep, headers=json_headers), 400, "bad_json")["message"]
+        deeper = '{"params": {"p": ' + "[" * 5000 + "]" * 5000 + "}}"
+        assert_error_body(await http.post(sessions, content=deeper, headers=json_headers), 400, "bad_json")
+        error = assert_error_body(await http.post(sessions, json={"pipeline": "tint", "params": {"prompt": nested(30)}}), 400, "bad_params")
+        assert error["field"] == "prompt"  # 30 levels are read
+        too_large = json.dumps({"pipeline": "tint", "params": {"prompt": "x" * 140_000}})
+        assert_error_body(await http.post(sessions, content=too_large, headers=json_headers), 413, "message_too_large")
+        assert_error_body(await http.post(sessions, json={"pipeline": "tint", "extra": 1}), 422, "bad_message")
+        assert (await http.get("/health")).status_code == 200

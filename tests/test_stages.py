@@ -114,7 +114,7 @@ def split():
 def test_a_video_pipeline_split_over_two_processes_equals_one_process_before_and_after_rebalancing(split):
     single = load_pipeline("rolling-kv-video", ModelOptions(preset="tiny-video", device="cpu"))
     params = [single.params_model(prompt="charcoal", steps=2, kv_mode="stream-batch", eviction="importance"),
-              single.params_model(prompt="a harbour at dusk", steps=2, kv_mode="single-slot", seed=5)]
+              single.params_model(prompt="a harbour at dusk", steps=2, kv_mode="single-slot", step_rewrite="next-slot", seed=5)]
     pictures = [clip(5 + 4 * 8, seed=1), clip(5 + 4 * 8, seed=2)]
     reference = run_streams(single, params, pictures)
 

@@ -179,3 +179,45 @@ def test_cache_is_preallocated_and_never_grows():
     assert (cache.k.data_ptr(), cache.v.data_ptr()) == pointers
     assert cache.k.shape == (2, 2, HEADS, 5 * N, HEAD_DIM)
     assert cache.cached_frames(1) == [0, 1, 297, 298, 299]
+
+
+def test_a_block_of_new_frames_gets_one_position_each():
+    """A first chunk of 2 frames under cache-relative positions: ranks 0 and 1, not 1 and 1."""
+    cache = make_cache(2, 3, positions=CacheRelative())
+    assert cache.begin_write(range(1), [[0, 1]]).writes[0].positions == [0, 1]
+
+
+def write_step(cache, frame, value, step_copy):
+    """Write one step of `frame` whose keys are all `value` (so a slot tells which write it holds)."""
+    plan = cache.begin_write(range(1), [[frame]], step_copy=step_copy)
+    k = torch.full((1, HEADS, N, HEAD_DIM), float(value))
+    cache.attend(0, plan, torch.zeros_like(k), k, k)
+    return plan.writes[0].slots[0]
+
+
+def test_step_copies_put_later_steps_one_ring_slot_on_once_the_cache_is_full():
+    """StreamDiffusionV2's single-slot loop with 2 steps (sinks 0-2, ring 3-5): before the cache
+    is full every step rewrites its frame's slot; after, step 2 of frame f goes to the next ring
+    slot (evicting the oldest frame), and frame f+1's first step takes that slot back."""
+    cache = make_cache(3, 3)
+    written = []
+    for frame in range(9):
+        written.append((write_step(cache, frame, 10 * frame + 1, True), write_step(cache, frame, 10 * frame + 2, True)))
+    assert written[:5] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+    assert written[5:] == [(5, 3), (3, 4), (4, 5), (5, 3)]  # frame 5 fills the cache; its step 2 evicts frame 3
+    held = sorted(int(cache.k[0, 0, 0, cache.frame_tokens(s)][0, 0]) for s in range(6))
+    assert held == [2, 12, 22, 71, 81, 82]  # sinks (their last step: written before the cache was full), frame 7's first step, frame 8 twice
+    assert cache.cached_frames(0) == [0, 1, 2, 7, 8] and cache.tables[0].copy_slot == 3
+
+
+def test_a_mirrored_write_lands_in_every_row_with_the_same_table():
+    cache = make_cache(2, 3, layers=2, rows=3)
+    plan = cache.begin_write(range(1), [[0, 1]], mirror=range(1, 3))
+    k = torch.randn(1, HEADS, 2 * N, HEAD_DIM)
+    for layer in range(2):
+        cache.attend(layer, plan, torch.randn_like(k), k, k)
+    for row in (1, 2):
+        torch.testing.assert_close(cache.k[:, row], cache.k[:, 0], rtol=0, atol=0)
+        assert cache.tables[row] == cache.tables[0] and cache.tables[row] is not cache.tables[0]
+    with pytest.raises(ValueError, match="one row"):
+        cache.begin_write(range(2), [[2], [2]], mirror=range(2, 3))

@@ -7,6 +7,7 @@ down chunking, identity and timing of frames, draining, the modes, updates and t
 """
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -246,17 +247,26 @@ def test_a_long_run_keeps_memory_flat_and_the_cache_bounded(pipe):
     assert resident[3] - resident[1] < 4 * 2**20  # flat: under 4 MB over the last 160 chunks
 
 
-def test_render_cli_runs_the_video_pipeline_on_a_file(tmp_path):
+def test_render_cli_runs_the_video_pipeline_on_a_file_and_reports_its_consistency(tmp_path):
     """`latentcast render` as a user calls it: a real subprocess on a small clip (14 frames: the
-    last chunk is partial and drained)."""
+    last chunk is partial and drained), with `--report`: the consistency of every frame after the
+    first, as a CSV and a plot."""
     source = make_clip(tmp_path / "in.mp4", width=96, height=64, frames=14, fps=12)
-    out = tmp_path / "out.mp4"
+    out, report = tmp_path / "out.mp4", tmp_path / "consistency.csv"
     command = [sys.executable, "-m", "app.cli", "render", str(source), "-o", str(out), "--pipeline", "rolling-kv-video",
-               "--preset", "tiny-video", "--prompt", "ink drawing", "--steps", "2", "--width", "64", "--height", "64", "-q"]
+               "--preset", "tiny-video", "--prompt", "ink drawing", "--steps", "2", "--width", "64", "--height", "64", "-q",
+               "--report", str(report)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     rendered = read_media(out)
     assert rendered.frame_count == 14 and rendered.frames[0].shape == (64, 64, 3)
+    with report.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame_id"]) for r in rows] == list(range(1, 14))
+    assert float(rows[-1]["time_s"]) == pytest.approx(13 / 12, abs=1e-3)
+    assert all(float(r["warp_error"]) >= 0 and float(r["flicker_input"]) >= 0 for r in rows)
+    assert float(rows[0]["sharpness_ratio"]) > 0
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_render_generates_video_from_a_prompt(tmp_path):
@@ -267,3 +277,25 @@ def test_render_generates_video_from_a_prompt(tmp_path):
                               "--frames", "10", "--width", "64", "--height", "64", "-q"])
     assert render.run(args) == 0
     assert read_media(out).frame_count == 10
+
+
+def test_steps_follow_the_step_list_in_force(pipe):
+    """`steps` keeps the first N of the mode's list (upstream's --step N); a shorter list, or a
+    switch to a mode whose list is shorter, lowers it unless the request names `steps` too."""
+    params = pipe.params_model(mode="txt2img", t2v_timesteps=[1000, 757, 522], steps=3)
+    state = pipe.new_state(params)
+    assert state.timesteps == [1000, 757, 522]
+    with pytest.raises(ParamError, match="steps"):  # both named, and they disagree
+        pipe.new_state({"mode": "txt2img", "steps": 4, "t2v_timesteps": [1000, 757, 522]})
+    short = pipe.new_state({"mode": "txt2img", "t2v_timesteps": [1000, 500]})  # the preset's 2 steps fit
+    assert short.params.steps == 2 and short.timesteps == [1000, 500]
+    result = pipe.update(short, {"t2v_timesteps": [900]})
+    assert result.params.steps == 1 and short.timesteps == [900]
+    with pytest.raises(ParamError, match="more than the 1 timesteps"):
+        pipe.update(short, {"steps": 2})
+    with pytest.raises(ParamError, match="strictly decreasing"):
+        pipe.new_state({"v2v_timesteps": [500, 700]})
+    with pytest.raises(ParamError, match="strictly decreasing"):
+        pipe.new_state({"v2v_timesteps": [700, 0]})  # 0 is for text-to-video's clean pass only
+    assert pipe.new_state({"mode": "txt2img", "t2v_timesteps": [1000, 0]}).timesteps == [1000, 0]
+    assert pipe.update(pipe.new_state({"v2v_timesteps": [700]}), {"mode": "txt2img"}).params.steps == 1

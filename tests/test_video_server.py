@@ -50,3 +50,28 @@ async def test_text_to_video_session_runs_on_its_own_and_takes_prompt_updates(ba
         ack = await client.update({"prompt": "a storm at sea"})
         assert ack["applied"] == ["prompt"] and ack["reset"] is False
         assert (await client.receive_frame(60)).frame_id > first[-1]
+
+
+async def test_a_video_stream_reports_its_temporal_consistency_in_stats_and_metrics(base_url):
+    """Every video stream is measured while it runs (one frame pair in 8, off the compute
+    thread): warp error against the input's flow and flicker in the stats message, and as
+    Prometheus gauges of the session."""
+    import httpx
+
+    async with await StreamClient.connect(base_url) as client:
+        await client.start("rolling-kv-video", {"prompt": "ink", "steps": 1, "kv_mode": "single-slot"}, output_format="rgb24")
+        for n in range(29):  # 29 inputs, in lockstep: 26 outputs, three sampled pairs
+            await client.send_frame(moving_picture(n, SIZE, SIZE), frame_id=n, pts=n / 30, format="rgb24")
+            while (await client.stats())["frames_stepped"] <= n:
+                await asyncio.sleep(0.02)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (section := (await client.stats())["consistency"])["samples"] < 3:
+            assert asyncio.get_running_loop().time() < deadline, section
+            await asyncio.sleep(0.05)
+        assert section["every"] == 8 and section["warp_error"] >= 0 and section["warp_error_input"] >= 0
+        assert section["flicker"] >= 0 and section["cost_ms"] > 0 and section["drift"] is None  # not 6 s of output yet
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{base_url}/metrics")).text
+        session = client.session_id
+        assert f'latentcast_session_warp_error{{pipeline="rolling-kv-video",session="{session}",source="output"}}' in metrics
+        assert f'latentcast_session_flicker{{pipeline="rolling-kv-video",session="{session}",source="input"}}' in metrics

@@ -155,7 +155,7 @@ async def test_refusals_before_and_after_start(base_url):
 
     async with httpx.AsyncClient(base_url=base_url) as http:
         response = await http.post("/v1/webrtc/offer", json={"sdp": "v=0 nonsense", "type": "offer"})
-    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_message"
+    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_sdp"
 
 
 async def test_output_track_paces_a_burst_and_drops_what_a_slow_encoder_cannot_take():
@@ -179,3 +179,29 @@ async def test_output_track_paces_a_burst_and_drops_what_a_slow_encoder_cannot_t
     assert len(dropped) == 12
     assert (await track.recv()).pts > sent[-1].pts
     track.stop()
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_frame_info_announces_the_rtp_pts_the_receiver_sees(base_url, codec):
+    """`rtp_pts` in a `frame` message equals the pts aiortc's receiver reports for that frame,
+    exactly (the encoder's own time base once made them differ by a tick on about a third)."""
+    pc = new_client_pc()
+    prefer(pc.addTransceiver(CountingCamera(fps=20), direction="sendrecv"), codec)
+    received = received_on(pc)
+    client = DemoClient(base_url, pc)
+    try:
+        assert (await client.connect(frame_info=True)).status_code == 200
+        client.send({"type": "start", "request_id": "s", "pipeline": "passthrough"})
+        await client.expect("started", "s")
+        await wait_until(lambda: len(received["video"].frames) >= 30, timeout=20)
+        await asyncio.sleep(0.3)  # the announcements of the frames received so far
+        announced = set()
+        while not client.messages.empty():
+            message = client.messages.get_nowait()
+            if message["type"] == "frame":
+                announced.add(message["rtp_pts"])
+        seen = [frame.pts for _, frame in received["video"].frames]
+        assert len(announced) >= 30
+        assert [pts for pts in seen if pts not in announced] == []
+    finally:
+        await client.close()

@@ -77,18 +77,24 @@ async def test_players_watch_a_websocket_session_and_end_with_it(base_url):
 
 
 async def test_whip_in_whep_out(base_url):
-    """OBS-like H.264 publisher in, generated frames out to a player; DELETE frees everything."""
+    """OBS-like H.264 publisher in, generated frames out to two players; the session's stats count
+    what the players are sent (once, however many watch); DELETE frees everything."""
     publisher = new_client_pc()
     camera = CountingCamera(fps=15)
     prefer(publisher.addTransceiver(camera, direction="sendonly"), "video/H264")
     viewer, received = player()
+    second, received_too = player()
     try:
         whip = await open_resource(publisher, f"{base_url}/v1/whip?pipeline=tint&strength=0")
         async with httpx.AsyncClient(base_url=base_url) as http:
             [session] = (await http.get("/v1/sessions")).json()
-        whep = await open_resource(viewer, f"{base_url}/v1/whep/{session['id']}")
-        await wait_until(lambda: len(received["video"].frames) >= 8)
-        assert all(i in camera.captured for _, i in received["video"].indices()[2:])
+            whep = await open_resource(viewer, f"{base_url}/v1/whep/{session['id']}")
+            await open_resource(second, f"{base_url}/v1/whep/{session['id']}")
+            await wait_until(lambda: len(received["video"].frames) >= 8 and len(received_too["video"].frames) >= 8)
+            assert all(i in camera.captured for _, i in received["video"].indices()[2:])
+            stats = (await http.get(f"/v1/sessions/{session['id']}/stats")).json()
+            assert 8 <= stats["frames_out"] <= stats["frames_stepped"], stats
+            assert stats["time_to_first_frame_ms"] is not None and stats["latency_ms"]["p50"] is not None, stats
         await close_resource(whip)
         await wait_until(lambda: viewer.connectionState in ("closed", "failed"), timeout=15)
         assert await close_resource(whep) == 404
@@ -97,6 +103,7 @@ async def test_whip_in_whep_out(base_url):
     finally:
         await publisher.close()
         await viewer.close()
+        await second.close()
 
 
 async def test_unknown_session_and_player_page(base_url):

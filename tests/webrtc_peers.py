@@ -183,3 +183,20 @@ async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def client_offer(video: str | None = "sendrecv", audio: str | None = "sendrecv", channel: bool = True) -> str:
+    """A complete offer as an aiortc client makes it (candidates gathered), for tests that change
+    it before posting it; the connection that made it is closed."""
+    pc = new_client_pc()
+    try:
+        if video:
+            pc.addTransceiver("video", direction=video)
+        if audio:
+            pc.addTransceiver("audio", direction=audio)
+        if channel:
+            pc.createDataChannel("control")
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()

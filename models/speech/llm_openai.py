@@ -20,12 +20,24 @@ CONTINUE_INSTRUCTION = ('Your spoken reply has already begun with: "{prefix}". C
 
 
 class OpenAIResponder:
+    """The slow path's model behind an endpoint. It keeps nothing between calls (the endpoint
+    reads the whole prompt each time), so it is its own session for every conversation."""
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 30.0,
                  client: httpx.Client | None = None):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=timeout_s)
+
+    def session(self) -> OpenAIResponder:
+        return self
+
+    def prefill(self, messages: Sequence[Message], open_end: bool = False, max_new: int | None = None) -> bool:
+        return True  # nothing to read ahead: the endpoint reads the prompt when asked
+
+    def close(self) -> None:
+        pass  # the HTTP client is shared by every conversation
 
     def respond(self, messages: Sequence[Message], prefix: str, max_tokens: int,
                 cancelled: Cancelled | None = None) -> Iterator[str]:

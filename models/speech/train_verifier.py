@@ -3,12 +3,13 @@
     python -m models.speech.train_verifier --examples 320 --out models/speech/weights/verifier.json
 
 For each example: a question built from templates is spoken by one of the voices (Piper or
-espeak-ng) with noise at a random SNR; the fast path transcribes it greedily (the transcript at
-the pause) and an earlier streaming partial (the audio cut short), then drafts five words. The
-label asks the slow path whether it would accept that prefix for the question actually asked:
-the draft's mean token log-probability given the true question must come within `--tolerance`
-nats of the slow model's own greedy five words. Examples are kept as JSON lines (`--data`), so
-training again with other settings does not redo the audio.
+espeak-ng) with noise at a random SNR; the fast path transcribes it as the relay does at the
+pause (greedy, in a window just longer than the utterance) and an earlier streaming partial (the
+audio cut short), then drafts the relay's first chunk (`--draft-words`, 2). The label asks the
+slow path whether it would accept that prefix for the question actually asked: the draft's mean
+token log-probability given the true question must come within `--tolerance` nats of the slow
+model's own greedy words. Examples are kept as JSON lines (`--data`), so training again with
+other settings does not redo the audio; each records the models it was made with.
 """
 
 from __future__ import annotations
@@ -66,16 +67,26 @@ def questions(count: int, rng: random.Random) -> list[str]:
     return out
 
 
-def make_examples(count: int, data_path: Path, seed: int) -> None:
+def _draft(model, messages: list[dict], words: int) -> Draft:
+    """A draft from a fresh conversation (one question, no history)."""
+    session = model.session()
+    try:
+        return session.draft(messages, words)
+    finally:
+        session.close()
+
+
+def make_examples(count: int, data_path: Path, seed: int, draft_words: int) -> None:
     """Append `count` examples to `data_path` (JSON lines)."""
     from models.speech.bundle import load_asr, load_chat_models, load_voices
     from models.speech.config import SpeechConfig
     from models.speech.stimuli import speak
 
     config = SpeechConfig()
-    asr, _ = load_asr(config)
-    drafter, slow, _ = load_chat_models(config)
+    asr, asr_name = load_asr(config)
+    drafter, slow, names = load_chat_models(config)
     voices = load_voices(config)
+    made_with = {"asr": asr_name, "llm": names["fast_llm"], "engine": type(drafter).__name__, "draft_words": draft_words}
     rng = random.Random(seed)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -91,16 +102,16 @@ def make_examples(count: int, data_path: Path, seed: int) -> None:
             partial = asr.transcribe(audio[:cut]).text if utterance.speech_end_s - utterance.speech_start_s > 1.0 else None
             transcript = asr.transcribe(audio)
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": transcript.text}]
-            draft = drafter.draft(messages, 5)
+            draft = _draft(drafter, messages, draft_words)
             truth = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
-            reference = drafter.draft(truth, max(1, len(draft.text.split())))
+            reference = _draft(drafter, truth, max(1, len(draft.text.split())))
             draft_lp = slow.continuation_logprob(truth, draft.text) if draft.text else -99.0
             reference_lp = slow.continuation_logprob(truth, reference.text) if reference.text else 0.0
             row = {"question": question, "system_prompt": SYSTEM_PROMPT, "voice": voice, "snr_db": round(snr, 1), "partial": partial,
                    "transcript": transcript.text, "asr_avg_logprob": transcript.avg_logprob, "asr_no_speech_prob": transcript.no_speech_prob,
                    "draft": draft.text, "draft_finished": draft.finished,
                    "scores": [[s.logprob, s.entropy, s.margin] for s in draft.scores],
-                   "reference": reference.text, "draft_lp": draft_lp, "reference_lp": reference_lp}
+                   "reference": reference.text, "draft_lp": draft_lp, "reference_lp": reference_lp, "made_with": made_with}
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(f"[{index + 1}/{count}] {time.perf_counter() - started:6.0f}s  {voice:6s} {snr:4.1f} dB  "
@@ -189,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draft-words", type=int, default=2, help="words per draft (the relay's draft_words)")
     args = parser.parse_args(argv)
     if args.examples:
-        make_examples(args.examples, args.data, args.seed)
+        make_examples(args.examples, args.data, args.seed, args.draft_words)
     print(json.dumps(train(args.data, args.out, args.tolerance, args.hidden, args.steps, args.weight_decay, args.seed), indent=1))
 
 

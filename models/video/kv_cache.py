@@ -17,6 +17,15 @@ the new keys (adaptive sink refresh reads them at the first layer):
                                                         # write, then attend over the cache
 Every layer keeps the same frames in the same slots (one position table per row); only the
 importance pool keeps different tokens per layer.
+
+Two ways of writing that StreamDiffusionV2's loops need (docs/video.md):
+- `mirror`: a write into one row is also made, identically, into other rows that hold the same
+  (its `prepare` runs a stream's first chunk on one cache, then copies it to every stream-batch
+  row). Every layer, and every stage of a split forward, mirrors its own keys.
+- `step_copy`: a frame the row holds, written again once the row is full, goes to a second slot
+  (its step copy, taken from the eviction policy like a new frame), and the next new frame takes
+  that slot first. That is where `inference_wo_batch` writes a chunk's later steps: its ring
+  queue is popped only every `steps` writes, so those steps land one ring slot further on.
 """
 
 from __future__ import annotations
@@ -84,12 +93,19 @@ class RowTable:
     frame: list[int]
     position: list[int]
     pool_filled: int = 0
+    copy_slot: int | None = None
+    """The slot holding a second, later-step copy of a frame (`step_copy` writes), if any."""
 
     def occupied(self) -> list[int]:
         return [s for s, f in enumerate(self.frame) if f != EMPTY]
 
+    @property
+    def full(self) -> bool:
+        return EMPTY not in self.frame
+
     def slot_of(self, frame: int) -> int | None:
-        return self.frame.index(frame) if frame in self.frame else None
+        """The frame's own slot (not its step copy)."""
+        return next((s for s, f in enumerate(self.frame) if f == frame and s != self.copy_slot), None)
 
 
 @dataclass
@@ -120,6 +136,10 @@ class RowWrite:
 class WritePlan:
     rows: range
     writes: list[RowWrite]
+    mirror: range = range(0)
+    """Rows that take the same write as the plan's one row (they hold what it holds)."""
+    step_copy: bool = False
+    """A frame the row holds is written, once the row is full, into its step copy's slot."""
     placed: bool = False
     mask: torch.Tensor | None = None  # (rows, 1, 1, tokens) keys to attend to; None: all of them
 
@@ -169,8 +189,18 @@ class RollingKVCache:
         return self.layout.capacity_frames * self.layout.frame_tokens
 
     def cached_frames(self, row: int) -> list[int]:
-        """The frames this row holds, oldest first."""
-        return sorted(f for f in self.tables[row].frame if f != EMPTY)
+        """The frames this row holds, oldest first (a step copy is not counted twice)."""
+        table = self.tables[row]
+        return sorted(f for s, f in enumerate(table.frame) if f != EMPTY and s != table.copy_slot)
+
+    def copy_row(self, source: int, target: int) -> None:
+        """Make row `target` hold exactly what row `source` holds: keys, values, tables, pool."""
+        self.k[:, target] = self.k[:, source]
+        self.v[:, target] = self.v[:, source]
+        self.pool_frame[:, target] = self.pool_frame[:, source]
+        self.pool_position[:, target] = self.pool_position[:, source]
+        self.tables[target] = replace(self.tables[source], frame=list(self.tables[source].frame),
+                                      position=list(self.tables[source].position))
 
     # ---- layer ownership (one stage of a forward split across processes) ---------------------
 
@@ -204,10 +234,14 @@ class RollingKVCache:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def begin_write(self, rows: range, frames: list[list[int]]) -> WritePlan:
+    def begin_write(self, rows: range, frames: list[list[int]], mirror: range = range(0), step_copy: bool = False) -> WritePlan:
         """Plan writing `frames[i]` (increasing frame indices) into row rows[i]. A frame the row
         already holds is written again in its own slot at its own position (several denoising
-        steps of one frame); a new frame gets its position from the position policy."""
+        steps of one frame), or with `step_copy`, once the row is full, in its step copy's slot;
+        a new frame gets its position from the position policy. `mirror`: rows that take the
+        same write as the one row of `rows`."""
+        if mirror and len(rows) != 1:
+            raise ValueError(f"a mirrored write goes into one row, got {len(rows)}")
         writes = []
         for row, row_frames in zip(rows, frames):
             table = self.tables[row]
@@ -216,9 +250,25 @@ class RollingKVCache:
             positions = []
             for f in row_frames:
                 slot = table.slot_of(f)
-                positions.append(table.position[slot] if slot is not None else self.positions.position(f, after, self.layout))
+                if slot is not None:
+                    positions.append(table.position[slot])
+                else:  # the row holds `after` frames once the last new one is in, one fewer per new frame after f
+                    later = len(new) - 1 - new.index(f)
+                    positions.append(self.positions.position(f, after - later, self.layout))
             writes.append(RowWrite(row, list(row_frames), positions))
-        return WritePlan(rows, writes)
+        return WritePlan(rows, writes, mirror, step_copy)
+
+    def reused_slot(self, row: int, frame: int, step_copy: bool) -> int | None:
+        """The slot a write of `frame` into `row` takes without asking the eviction policy, or
+        None when the policy chooses it (a new frame, or a frame's first step copy)."""
+        table = self.tables[row]
+        own = table.slot_of(frame)
+        if own is None:
+            return table.copy_slot  # a step copy left by the previous frame goes first (None: none)
+        if step_copy and table.full:
+            copy = table.copy_slot
+            return copy if copy is not None and table.frame[copy] == frame else None
+        return own
 
     def _place(self, plan: WritePlan, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         """Choose the slot of every new frame (first layer only), update the tables and work out
@@ -227,13 +277,18 @@ class RollingKVCache:
         for i, w in enumerate(plan.writes):
             table = self.tables[w.row]
             for j, (frame, position) in enumerate(zip(w.frames, w.positions)):
-                slot = table.slot_of(frame)
+                held = table.slot_of(frame) is not None
+                copying = held and plan.step_copy and table.full
+                slot = self.reused_slot(w.row, frame, plan.step_copy)
                 if slot is None:
                     tokens = self.frame_tokens(j)
                     slot = self.eviction.choose_slot(self, w.row, k_new[i, :, tokens], v_new[i, :, tokens], len(w.frames))
-                    if table.frame[slot] != EMPTY and slot >= layout.sink_frames:
-                        w.evicted.append(Evicted(slot, table.frame[slot], table.position[slot]))
+                if table.frame[slot] != frame or slot == table.copy_slot:
+                    leaving = table.frame[slot]
+                    if leaving not in (EMPTY, frame) and slot >= layout.sink_frames and slot != table.copy_slot:
+                        w.evicted.append(Evicted(slot, leaving, table.position[slot]))
                     table.frame[slot], table.position[slot] = frame, position
+                    table.copy_slot = slot if copying else (None if slot == table.copy_slot else table.copy_slot)
                 w.slots.append(slot)
             # Stored frames the position policy moves; the new frames are written where planned.
             delta = torch.zeros(layout.tokens, dtype=torch.long)
@@ -247,6 +302,13 @@ class RollingKVCache:
                 delta[self.pool_start :] = w.pool_shift
                 table.pool_filled = min(layout.pool_tokens, w.pool_before + len(w.evicted) * layout.frame_tokens)
             w.token_delta = delta if bool(delta.any()) else None
+        if plan.mirror:
+            source = plan.writes[0]
+            if source.evicted or source.token_delta is not None:
+                raise ValueError("a mirrored write may neither evict nor move stored keys")
+            for row in plan.mirror:
+                self.tables[row] = replace(self.tables[source.row], frame=list(self.tables[source.row].frame),
+                                           position=list(self.tables[source.row].position))
         plan.mask = self._valid_mask(plan.rows)
         plan.placed = True
 
@@ -263,8 +325,9 @@ class RollingKVCache:
                 self.pool_position[layer, w.row] += w.pool_shift
             for j, slot in enumerate(w.slots):
                 src, dst = self.frame_tokens(j), self.frame_tokens(slot)
-                k[w.row, :, dst] = k_new[i, :, src]
-                v[w.row, :, dst] = v_new[i, :, src]
+                for row in (w.row, *plan.mirror):
+                    k[row, :, dst] = k_new[i, :, src]
+                    v[row, :, dst] = v_new[i, :, src]
 
     def _valid_mask(self, rows: range) -> torch.Tensor | None:
         n, layout = self.layout.frame_tokens, self.layout

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models.device import resolve_device, resolve_dtype
+from models.engines.video_parts import compile_video_transformer
 from models.loading import ModelLoadError, _move
 from models.source import ModelSource
 from models.tokenizer import build_byte_tokenizer
@@ -44,9 +45,12 @@ def load_video_models(
     random_weights: bool = False,
     seed: int = 0,
     use_ema: bool = True,
+    engine: str = "eager",
+    engine_cache: Path | str | None = None,
 ) -> VideoModels:
+    """`engine`: an `--engine` spec for the transformer (models.engines; eager unless asked)."""
     source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights,
-                          "seed": seed, "use_ema": use_ema})
+                          "seed": seed, "use_ema": use_ema, "engine": engine, "engine_cache": engine_cache})
     preset = get_video_preset(preset) if isinstance(preset, str) else preset
     dev = resolve_device(device)
     # Wan and umT5 were trained in bf16, and umT5 overflows in fp16: bf16 where `auto` would say fp16.
@@ -60,6 +64,7 @@ def load_video_models(
         transformer = _load_transformer(preset, root, dt, use_ema)
         vae, text_model, tokenizer = _load_base(preset, root, dt, seed)
     _move(transformer, dev, dt).eval().requires_grad_(False)
+    compile_video_transformer(transformer, engine, dev, dt, engine_cache)
     streaming_vae = _streaming(vae)
     _move(vae, dev, dt).eval().requires_grad_(False)
     text_len = preset.config_json("text_encoder")["text_len"]

@@ -134,7 +134,7 @@ class CausalWanTransformer(WanTransformer3DModel):
                 outs.append(g.cache.attend(layer, g.plan, q[rows], k[rows], v[rows]))
             return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-        return self._run(latents, timesteps, text, positions, attend)
+        return self.forward_attending(latents, timesteps, text, positions, attend)
 
     def forward_masked(
         self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextKV, positions: torch.Tensor, frame_mask: torch.Tensor | None
@@ -147,9 +147,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-        return self._run(latents, timesteps, text, positions, attend)
+        return self.forward_attending(latents, timesteps, text, positions, attend)
 
-    def _run(self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextKV, positions: torch.Tensor, attend: SelfAttention) -> torch.Tensor:
+    def forward_attending(self, latents: torch.Tensor, timesteps: torch.Tensor, text: TextKV, positions: torch.Tensor,
+                          attend: SelfAttention) -> torch.Tensor:
+        """A forward whose self-attention is `attend(layer, q, k, v)` (q and k rotated at
+        `positions`): the cache and the masked pass above, and references that keep a cache of
+        another layout (tests/test_video_upstream.py keeps upstream's)."""
         cond = self.conditioning(timesteps, positions, latents.shape[-3:], latents.device)
         x = self.run_blocks(self.embed(latents), cond, text, attend, range(len(self.blocks)))
         return self.head(x, cond)

@@ -8,7 +8,11 @@ from earlier frames lives in a per-stream `VAEStreamState`, never on the shared 
 - `WanStreamingVAE`: the Wan2.1 VAE (diffusers' `AutoencoderKLWan`); its causal 3-D convolutions
   keep their last two temporal slices in a feature cache list, which we own per stream.
 - `TinyStreamingVAE`: a few-thousand-parameter stand-in for tests (tiny-video): pixel unshuffle,
-  per-frame projections and a one-step causal term, in well under a millisecond per chunk.
+  per-frame projections and a one-step causal term, in well under a millisecond per chunk. It has
+  a per-channel latent mean and std like Wan's, so both latent conventions are exercised.
+
+Decoding takes normalised latents (it un-normalises them first). Encoding normalises unless told
+not to: StreamDiffusionV2 feeds its transformer raw encoded latents (models/video/presets.py).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ class StreamingVAE(Protocol):
 
     def new_state(self) -> VAEStreamState: ...
 
-    def encode(self, frames: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
-        """(1, 3, F, H, W) in [-1, 1] -> (1, C, F', H/8, W/8) normalised latents; F = 1 + 4k on
-        a stream's first call, 4k after."""
+    def encode(self, frames: torch.Tensor, state: VAEStreamState, normalise: bool = True) -> torch.Tensor:
+        """(1, 3, F, H, W) in [-1, 1] -> (1, C, F', H/8, W/8) latents, normalised unless told not
+        to; F = 1 + 4k on a stream's first call, 4k after."""
 
     def decode(self, latents: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
         """(1, C, F', h, w) -> (1, 3, F, 8h, 8w) in [-1, 1]; F = 1 + 4(F'-1) on the first call, 4F' after."""
@@ -78,14 +82,14 @@ class WanStreamingVAE:
         return VAEStreamState(encoder=[None] * counts["encoder"], decoder=[None] * counts["decoder"])
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, state: VAEStreamState, normalise: bool = True) -> torch.Tensor:
         vae = self.vae
         x = frames.to(vae.dtype)
         parts = [vae.encoder(x[:, :, g], feat_cache=state.encoder, feat_idx=[0]) for g in _groups(x.shape[2], state.encoded == 0)]
         moments = vae.quant_conv(torch.cat(parts, dim=2))
         mean = moments[:, : self.latent_channels]  # the posterior's mode: no sampling noise in a stream
         state.encoded += mean.shape[2]
-        return (mean - self._mean.to(mean)) / self._std.to(mean)
+        return (mean - self._mean.to(mean)) / self._std.to(mean) if normalise else mean
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
@@ -103,7 +107,8 @@ class WanStreamingVAE:
 class TinyStreamingVAE(nn.Module):
     """Spatial 8x by pixel unshuffle and 1x1 projections; temporal 4x by averaging each group's
     picture features plus a learned term from the previous group's last picture (the causal
-    state); decoding emits 4 pictures per latent from it and the previous latent."""
+    state); decoding emits 4 pictures per latent from it and the previous latent. A fixed
+    per-channel mean and std (seeded, like the weights) normalise latents as Wan's do."""
 
     def __init__(self, latent_channels: int = 4, hidden: int = 32, spatial_factor: int = 8):
         super().__init__()
@@ -116,12 +121,17 @@ class TinyStreamingVAE(nn.Module):
         self.decode_latent = nn.Linear(latent_channels, hidden)
         self.decode_previous = nn.Linear(latent_channels, hidden)
         self.decode_out = nn.Linear(hidden, FRAMES_PER_LATENT * pixels)
+        self.register_buffer("latents_mean", 0.5 * torch.randn(latent_channels))
+        self.register_buffer("latents_std", 0.5 + torch.rand(latent_channels))
+
+    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.latents_mean.view(1, -1, 1, 1, 1), self.latents_std.view(1, -1, 1, 1, 1)
 
     def new_state(self) -> VAEStreamState:
         return VAEStreamState()
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor, state: VAEStreamState, normalise: bool = True) -> torch.Tensor:
         b, _, f, h, w = frames.shape
         s = self.spatial_factor
         pixels = F.pixel_unshuffle(frames.transpose(1, 2).flatten(0, 1).to(self.encode_frame.weight.dtype), s)
@@ -134,13 +144,16 @@ class TinyStreamingVAE(nn.Module):
             previous = g[:, -1]
         state.encoder = [previous]
         state.encoded += len(latents)
-        return torch.stack(latents, dim=1).movedim(-1, 1)  # (b, C, F', h, w)
+        raw = torch.stack(latents, dim=1).movedim(-1, 1)  # (b, C, F', h, w)
+        mean, std = self._statistics()
+        return (raw - mean) / std if normalise else raw
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, state: VAEStreamState) -> torch.Tensor:
         b, c, f, h, w = latents.shape
         s = self.spatial_factor
-        z = latents.to(self.decode_latent.weight.dtype).movedim(1, -1)  # (b, F', h, w, C)
+        mean, std = self._statistics()
+        z = (latents.to(self.decode_latent.weight.dtype) * std + mean).movedim(1, -1)  # (b, F', h, w, C)
         previous = state.decoder[0] if state.decoder else torch.zeros_like(z[:, 0])
         pictures = []
         for i in range(f):

@@ -2,7 +2,8 @@
 
 Anchors (all `time.monotonic()` on the server):
 - speech end: arrival of the audio holding the user's last voiced 32 ms window;
-- turn decision: the moment the hangover (or the length cap) ended the user's turn;
+- pause: the first pause (`pause_s` of silence) that started the fast path used for the turn;
+- turn decision: the moment the hangover with the turn model's verdict (or the length cap) ended the user's turn;
 - first audio: release of the answer's first sample (it plays then: the listener plays what it gets);
 - seam gap: from the end of the spoken prefix to the start of its continuation at the listener;
 - barge-in stop: from the arrival of the interrupting voice to the end of the last answer audio sent.
@@ -17,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # Durations reported as percentiles, with the TurnRecord property each comes from.
-DURATIONS = ("speech_end_to_first_audio", "decision_to_first_audio", "seam_gap", "asr_partial", "asr_final",
-             "llm_draft", "llm_first_token", "llm_total", "tts_first", "barge_in_stop")
+DURATIONS = ("speech_end_to_first_audio", "decision_to_first_audio", "speech_end_to_pause", "speech_end_to_decision",
+             "speech_end_to_fast_done", "seam_gap", "asr", "asr_wait", "turn_model", "llm_draft", "llm_first_token", "llm_total", "tts_first",
+             "barge_in_stop")
 _WINDOW = 256
 
 
@@ -28,14 +30,16 @@ class TurnRecord:
     mode: str
     speech_start_at: float | None = None
     speech_end_at: float | None = None
+    pause_at: float | None = None                        # the pause that started the fast path used (relay)
     decision_at: float | None = None
+    fast_done_at: float | None = None                    # the fast path used had its transcript, draft, verdict and voice (relay)
     first_audio_at: float | None = None
     forced_end: bool = False
     speculations: int = 0                                # fast paths started (those the user spoke on after were cancelled)
     fast_start: float | None = None                      # start of the fast path used, from the decision (< 0: speculative)
     partials: list[str] = field(default_factory=list)   # streaming partial transcripts, in order
-    fast_transcript: str | None = None                   # what the fast path drafted from
-    final_transcript: str | None = None                  # what the slow path answered
+    final_transcript: str | None = None                  # the turn's transcript (made at the pause in relay mode)
+    turn_probability: float | None = None                # the turn model's P(complete) at the last pause
     draft: str | None = None
     keep_probability: float | None = None
     kept: bool | None = None                             # None: no draft was made
@@ -45,9 +49,11 @@ class TurnRecord:
     heard: str | None = None                             # what reached the listener (set when the turn ends)
     interrupted: bool = False
     seam_gap: float | None = None
-    asr_partial: float | None = None
-    asr_final: float | None = None
+    asr: float | None = None                             # the turn's transcript
+    asr_wait: float | None = None                        # ... and its wait for the recognizer (a partial still running; relay)
+    turn_model: float | None = None                      # the turn model's last verdict
     llm_draft: float | None = None
+    draft_read_tokens: int | None = None                 # prompt tokens the draft had to read (the rest was read ahead)
     llm_first_token: float | None = None
     llm_total: float | None = None
     tts_first: float | None = None
@@ -66,11 +72,26 @@ class TurnRecord:
     def decision_to_first_audio(self) -> float | None:
         return _between(self.decision_at, self.first_audio_at)
 
+    @property
+    def speech_end_to_pause(self) -> float | None:
+        return _between(self.speech_end_at, self.pause_at)
+
+    @property
+    def speech_end_to_decision(self) -> float | None:
+        return _between(self.speech_end_at, self.decision_at)
+
+    @property
+    def speech_end_to_fast_done(self) -> float | None:
+        return _between(self.speech_end_at, self.fast_done_at)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["reply"] = self.reply
         out["speech_end_to_first_audio"] = self.speech_end_to_first_audio
         out["decision_to_first_audio"] = self.decision_to_first_audio
+        out["speech_end_to_pause"] = self.speech_end_to_pause
+        out["speech_end_to_decision"] = self.speech_end_to_decision
+        out["speech_end_to_fast_done"] = self.speech_end_to_fast_done
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -128,7 +149,8 @@ def prometheus_families(stats: TurnStats, pipeline: str) -> list:
     if snap["keep_rate"] is not None:
         keep.add_metric([pipeline], snap["keep_rate"])
     durations = GaugeMetricFamily("latentcast_speech_seconds", "Per-turn durations over the recent turns: speech end and turn "
-                                  "decision to first audio, seam gap, ASR, LLM and TTS times, barge-in stop.",
+                                  "decision to first audio, speech end to the pause and to the decision, seam gap, ASR, turn model, "
+                                  "LLM and TTS times, barge-in stop.",
                                   labels=["pipeline", "measure", "quantile"])
     for name in DURATIONS:
         for q, ms in snap[f"{name}_ms"].items():

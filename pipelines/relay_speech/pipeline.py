@@ -3,8 +3,8 @@
 The server talks to it through the pipeline contract alone. Each step hands a stream the audio
 that arrived since the last one and takes back the answer audio now due, so it is stepped on a
 clock (every tick of its SLO's rate), whether or not audio came in. Steps are cheap: model work
-runs on the pipeline's own thread pool, never on the compute worker, so a long answer does not
-hold up other streams' ticks.
+runs on the pipeline's own threads (a lane per model, lanes.py, driven by jobs on a small pool),
+never on the compute worker, so a long answer does not hold up other streams' ticks.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from typing import Any
 
 from models.speech.bundle import SpeechModels
 from pipelines.base import ParamError, Pipeline, PipelineKind, PipelineState, StepInput, StepOutput
+from pipelines.relay_speech.lanes import Lanes
 from pipelines.relay_speech.metrics import TurnStats, prometheus_families
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.relay import Relay
 from pipelines.relay_speech.scheduling import PROFILE
 from streaming.frames import AudioChunk
 
-# Jobs of all streams together: each stream runs at most a partial transcript, a fast path and
-# a slow path at once, and the models serialise their own calls.
+# Jobs of all streams together: each stream runs at most a fast path and a slow path at once;
+# they mostly wait for the model lanes, which run the models' calls one at a time.
 JOB_THREADS = 6
 
 
@@ -41,16 +42,18 @@ class RelaySpeechPipeline(Pipeline[RelaySpeechState]):
     params_model = RelaySpeechParams
     scheduling = PROFILE
 
-    def __init__(self, models: SpeechModels, jobs: Executor | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, models: SpeechModels, jobs: Executor | None = None, lanes: Lanes | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.models = models
         self._clock = clock
         self.jobs = jobs or ThreadPoolExecutor(JOB_THREADS, thread_name_prefix="speech-job")
+        self.lanes = lanes or Lanes()
         self.stats = TurnStats()  # every stream's turns, for /metrics
 
     def build_state(self, params: RelaySpeechParams, stream_id: str) -> RelaySpeechState:
         self._check_voice(params)
         stats = TurnStats()
-        relay = Relay(self.models, params, self.jobs, stream_id, (stats, self.stats), self._clock)
+        relay = Relay(self.models, params, self.jobs, self.lanes, stream_id, (stats, self.stats), self._clock)
         return RelaySpeechState(params=params, stream_id=stream_id, relay=relay, stats=stats)
 
     def apply_hot(self, state: RelaySpeechState, new: RelaySpeechParams, changed: list[str]) -> None:

@@ -1,30 +1,36 @@
 """One spoken conversation: turn-taking, the relay of a fast draft into the slow path, barge-in.
 
 The compute worker calls `feed` with the audio that arrived and `advance` for the audio due
-out, every tick; both are quick (voice activity and bookkeeping). Model work runs as jobs on the
-pipeline's thread pool: the fast path reports back through its future, the slow path through
-typed events in the answer's outbox (events.py), and `advance` reads both, so this object's state
-is only ever touched by the worker thread.
+out, every tick; both are quick (voice activity and bookkeeping). Model work runs on the
+pipeline's model lanes (lanes.py: one thread per model, the critical path first), driven from
+jobs on its thread pool: the fast path reports back through its future, the slow path through
+typed events in the answer's outbox (events.py), and `advance` reads both, so this object's
+state is only ever touched by the worker thread.
 
-A turn, in time order (in relay mode; the cascaded baseline has no partials and no fast path):
-1. The user speaks; a streaming partial transcript is made every `partial_interval_s`.
-2. Pause (`pause_s` of silence), when `speculate` is on: the fast path starts, speculatively: a
-   greedy transcript, a draft of a few words, the verifier's verdict, and the kept draft's audio.
-   Until the turn is decided none of it is heard or remembered; if the user goes on speaking it
-   is cancelled.
-3. Turn decision (`end_of_turn_s` of silence, or `max_utterance_s` of speech): the fast path
-   starts now if no pause started it, and the slow path waits for it, then runs: a beam-search
-   transcript, then the LLM, forced to continue from the kept prefix (or answering from scratch
-   when the verifier discarded the draft), clause by clause into speech. The kept prefix plays the
-   moment it is ready; its continuation plays right after it.
+A turn, in time order (relay mode; the cascaded baseline starts its work at the turn decision):
+1. The user speaks. Every `partial_interval_s` a greedy partial transcript is made in the
+   background, and the language model reads the words so far into the conversation's cache.
+2. First pause (`pause_s` of silence): the fast path starts, speculatively: the transcript (the
+   turn's final one), the first `draft_words` words of the answer (the model reads only the
+   words it has not read yet), the verifier's verdict, and the kept draft's voice. At the same
+   time the turn model is asked whether the turn is complete. Until the turn is decided none of
+   it is heard or remembered; if the user goes on speaking it is dropped (cheaply: the cache
+   keeps what still holds).
+3. Turn decision (`end_of_turn_s` of silence once the turn model says complete, or
+   `incomplete_end_of_turn_s`, or `max_utterance_s` of speech): the kept draft plays as soon as
+   it is voiced, and the slow path continues the fast path's own state: same transcript, same
+   cache, the draft already read. A discarded draft costs the slow path the few tokens it rereads.
 4. The answer plays out in real time. User speech during it (barge-in) stops it at once, cancels
    the jobs, and only the words that were played enter the conversation; with `barge_in` off the
-   user's voice is ignored until the answer ends.
+   user's voice is ignored until the answer ends. The model then reads the history as heard in
+   the background, ready for the next turn.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.speech.asr import Transcript
+from models.speech.asr import LogMelStream, Transcript
 from models.speech.audio import ASR_RATE, StreamResampler, mono_float, resample, to_int16
 from models.speech.bundle import SpeechModels
 from models.speech.llm import Draft, Message
@@ -54,19 +60,24 @@ from pipelines.relay_speech.events import (
     SlowPathFailed,
     UserTurn,
 )
+from pipelines.relay_speech.lanes import Lanes, Priority
 from pipelines.relay_speech.metrics import TurnRecord, TurnStats
 from pipelines.relay_speech.params import RelaySpeechParams
 from pipelines.relay_speech.playout import Playout, Segment
-from pipelines.relay_speech.text import seam_join, take_clause, words_played
+from pipelines.relay_speech.text import clause_words, seam_join, take_clause, words_played
 from pipelines.relay_speech.turn_detector import WINDOW_S, Detection, TurnDetector, TurnEvent
 from streaming.frames import AudioChunk
 
+log = logging.getLogger(__name__)
+
 WINDOW = 512
-PREROLL_S = 0.3         # audio kept before the detected start of speech (its onset)
-TAIL_S = 0.25           # silence kept after the last voiced window in the final transcript's audio
+PREROLL_S = 0.5         # audio kept before the detected start of speech (its onset, a soft first word)
+LEAD_IN_S = 0.3         # least silence before the speech in a transcript's audio (Whisper drops a first word cut at the edge)
+TAIL_S = 0.25           # silence kept after the last voiced window in the transcript's audio
 MIN_PARTIAL_S = 0.6     # no partial transcript of less speech than this
-FIRST_CLAUSE_WORDS = (2, 6)   # the first spoken clause: ends at punctuation after 2 words, or at 6
-CLAUSE_WORDS = (4, 14)
+READ_AHEAD_TOKENS = 16  # tokens per background read of the prompt: a critical call waits for at most one slice
+REASK_WINDOWS = 3       # the turn model is asked again once the pause has grown by about 0.1 s
+CRITICAL, BACKGROUND = Priority.CRITICAL, Priority.BACKGROUND
 
 
 @dataclass
@@ -79,6 +90,8 @@ class FastResult:
     keep: bool = False
     audio: np.ndarray | None = None   # the kept draft, voiced, at the output rate
     tts_s: float | None = None
+    asr_wait: float = 0.0             # the transcript's wait for the recognizer (a partial transcript still running)
+    done_at: float | None = None      # when it was all ready (the worker's clock)
 
 
 @dataclass(eq=False)
@@ -86,6 +99,7 @@ class Speculation:
     future: Future
     cancel: threading.Event
     started_at: float = 0.0
+    transcribed: threading.Event = field(default_factory=threading.Event)   # its transcript is done (a core is free)
 
 
 @dataclass(eq=False)
@@ -99,6 +113,15 @@ class Listening:
     partial_due: float = 0.0
     speculation: Speculation | None = None
     speculations: int = 0   # fast paths started for this utterance (pauses the user spoke on after count too)
+    verdict: Future | None = None   # the turn model's P(complete) for the current pause, being computed
+    verdict_pause: int = 0          # the current pause's number
+    asked_pause: int = 0            # the pause the turn model was last asked about
+    asked_at: int = 0               # silence (windows) when the turn model was last asked
+    turn_probability: float | None = None
+    turn_model_s: float | None = None
+    paused_at: float | None = None  # the pause that started the current speculation
+    features: LogMelStream | None = None   # Whisper's features of the utterance, computed as it arrives
+    featured: int = 0                      # samples of the utterance they cover
 
 
 @dataclass(eq=False)
@@ -114,19 +137,25 @@ class Answer:
 
 
 class Relay:
-    def __init__(self, models: SpeechModels, params: RelaySpeechParams, jobs: Executor, stream_id: str = "",
+    def __init__(self, models: SpeechModels, params: RelaySpeechParams, jobs: Executor, lanes: Lanes, stream_id: str = "",
                  stats: tuple[TurnStats, ...] = (), clock: Callable[[], float] = time.monotonic):
         self.models = models
         self.params = params
         self.stream_id = stream_id
         self._jobs = jobs
+        self._lanes = lanes
         self._stats = stats
         self._clock = clock
         self.created_at = clock()
         self.vad: VoiceActivity = models.vad.stream()
-        self.detector = TurnDetector()
+        self.detector = TurnDetector(guarded=models.turn is not None)
         self.conversation = Conversation(params.max_context_turns)
         self.playout = Playout(params.output_sample_rate)
+        # The conversation's view of the language models: with one model on both paths, one
+        # session (one cache) that the slow path continues.
+        self.chat = models.drafter.session()
+        self.answerer = self.chat if models.responder is models.drafter else models.responder.session()
+        self._llm_epoch = 0   # bumped by every critical use of the sessions: older read-aheads are dropped
         self.apply(params)
         self._resamplers: dict[int, StreamResampler] = {}
         self._audio = np.zeros(0, np.float32)   # recent 16 kHz input; sample 0 of it is `_audio_origin`
@@ -136,11 +165,13 @@ class Relay:
         self.answer: Answer | None = None
         self._turn_ids = itertools.count(1)
         self._chunk_ids = itertools.count()
+        self._read_ahead(self.conversation.messages(params.system_prompt), open_end=False)
 
     def apply(self, params: RelaySpeechParams) -> None:
         """New parameters; the turn being answered keeps the values it started with."""
         self.params = params
-        self.detector.configure(params.vad_threshold, params.min_speech_s, params.pause_s, params.end_of_turn_s, params.max_utterance_s)
+        self.detector.configure(params.vad_threshold, params.min_speech_s, params.pause_s, params.end_of_turn_s, params.max_utterance_s,
+                                params.incomplete_end_of_turn_s, self.models.turn is not None, params.turn_threshold)
         self.conversation.max_turns = params.max_context_turns
 
     # --- input ---------------------------------------------------------------------------
@@ -153,12 +184,23 @@ class Relay:
                 resampler = self._resamplers[chunk.sample_rate] = StreamResampler(chunk.sample_rate, ASR_RATE)
             audio = resampler(mono_float(chunk.samples))
             self._audio = np.concatenate([self._audio, audio])
+            self._extend_features()
             for probability in self.vad(audio):
+                self._take_verdict()
+                self._ask_turn_model_when_due()
                 self._arrivals.append((self.detector.window + 1, arrived))
                 detection = self.detector.push(float(probability))
                 if detection is not None:
                     self._on_detection(detection)
             self._trim_audio()
+        self._take_verdict()
+
+    def _extend_features(self) -> None:
+        listening = self._listening
+        if listening is not None and listening.features is not None:
+            new = self._audio[listening.start_sample + listening.featured - self._audio_origin:]
+            listening.features.push(new)
+            listening.featured += new.size
 
     def _on_detection(self, d: Detection) -> None:
         now = self._clock()
@@ -170,24 +212,88 @@ class Relay:
                     return
                 self._barge_in(onset)
             start = max(self._audio_origin, d.speech_window * WINDOW - int(PREROLL_S * ASR_RATE))
-            self._listening = Listening(start, onset, partial_due=now + self.params.partial_interval_s)
+            self._listening = Listening(start, onset, partial_due=now + self.params.partial_interval_s,
+                                        features=self.models.asr.log_mel_stream())
+            self._extend_features()
         elif self._listening is None:
             return
         elif d.event is TurnEvent.PAUSED:
+            listening = self._listening
+            listening.verdict_pause = d.pause
             if self.params.mode == "relay" and self.params.speculate:
-                listening = self._listening
-                listening.speculation = self._speculate(self._utterance(listening, d.speech_window), latest(listening.partials))
+                listening.speculation = self._speculate(*self._transcript_input(listening, d.speech_window), latest(listening.partials))
                 listening.speculations += 1
+                listening.paused_at = now
+            self._ask_turn_model_when_due()
         elif d.event is TurnEvent.RESUMED:
             self._cancel_speculation(self._listening)
+            self._listening.verdict, self._listening.turn_probability = None, None
         elif d.event is TurnEvent.ENDED:
             self._decide(d, now)
+
+    def _ask_turn_model(self, listening: Listening) -> None:
+        """Ask the turn model about the utterance so far, its pause included."""
+        turn = self.models.turn
+        audio = self._utterance(listening)
+        listening.asked_pause, listening.asked_at = listening.verdict_pause, self.detector.silence_windows or 0
+
+        def verdict() -> tuple[float, float]:
+            started = time.perf_counter()
+            return turn.probability(audio), time.perf_counter() - started
+
+        listening.verdict = self._lanes.turn.submit(CRITICAL, verdict)
+
+    def _ask_turn_model_when_due(self) -> None:
+        """The turn model's questions during a pause, checked every window.
+
+        The first comes once the fast path's transcript is done (at once when there is no fast
+        path): its verdict is needed only when the short hangover ends, and asked at the pause it
+        would take the second core from the transcript (on two cores: 142 ms beside it, 93 ms
+        alone), so it waits, but no later than a little before the hangover ends. Then, while the
+        model is not yet sure the turn is complete, it is asked again each time the last verdict
+        is in and the silence has grown by `REASK_WINDOWS`: the model hears the pause lengthen,
+        and a finished sentence grows surer (once it is sure, the short hangover ends the turn).
+        """
+        listening, silence = self._listening, self.detector.silence_windows
+        if listening is None or self.models.turn is None or silence is None or listening.verdict is not None:
+            return
+        if listening.asked_pause != listening.verdict_pause:
+            speculation = listening.speculation
+            if speculation is None or speculation.transcribed.is_set() or silence >= self.detector.end_windows - REASK_WINDOWS:
+                self._ask_turn_model(listening)
+        elif silence - listening.asked_at >= REASK_WINDOWS and (listening.turn_probability or 0.0) < self.params.turn_threshold:
+            self._ask_turn_model(listening)
+
+    def _take_verdict(self) -> None:
+        """The turn model's answer, once it is in, to the detector (which may then end the turn)."""
+        listening = self._listening
+        if listening is None or listening.verdict is None or not listening.verdict.done():
+            return
+        job, listening.verdict = listening.verdict, None
+        if job.exception() is not None:
+            log.warning("turn model failed (%s); the silence alone decides this turn", job.exception())
+            self.detector.verdict(listening.verdict_pause, 1.0)
+            return
+        listening.turn_probability, listening.turn_model_s = job.result()
+        self.detector.verdict(listening.verdict_pause, listening.turn_probability)
 
     def _utterance(self, listening: Listening, last_voiced_window: int | None = None) -> np.ndarray:
         end = self._audio_origin + self._audio.size
         if last_voiced_window is not None:
             end = min(end, (last_voiced_window + 1) * WINDOW + int(TAIL_S * ASR_RATE))
-        return self._audio[max(0, listening.start_sample - self._audio_origin):end - self._audio_origin].copy()
+        audio = self._audio[max(0, listening.start_sample - self._audio_origin):end - self._audio_origin]
+        lead_in = int(LEAD_IN_S * ASR_RATE) - listening.start_sample
+        if lead_in > 0:
+            # Speech from the stream's first moments: silence in front, so Whisper hears the first word whole.
+            return np.concatenate([np.zeros(lead_in, np.float32), audio])
+        return audio.copy()
+
+    def _transcript_input(self, listening: Listening, last_voiced_window: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The utterance's audio and, when they were computed while it was spoken, its features."""
+        audio = self._utterance(listening, last_voiced_window)
+        lead_in = int(LEAD_IN_S * ASR_RATE) - listening.start_sample
+        features = listening.features.features(audio.size) if listening.features is not None and lead_in <= 0 else None
+        return audio, features
 
     def _arrival(self, window: int) -> float:
         for index, at in reversed(self._arrivals):
@@ -207,28 +313,57 @@ class Relay:
         while self._arrivals and self._arrivals[0][0] < horizon:
             self._arrivals.popleft()
 
+    # --- reading ahead (background) ------------------------------------------------------
+
+    def _read_ahead(self, messages: list[Message], open_end: bool) -> None:
+        """Let the language model read `messages` while nothing waits for it, a slice at a time;
+        dropped once a critical call has used the session since (it read what it needed)."""
+        epoch = self._llm_epoch
+        sessions = {id(s): s for s in (self.chat, self.answerer)}.values()
+
+        def read() -> None:
+            if epoch != self._llm_epoch:
+                return
+            done = [session.prefill(messages, open_end, READ_AHEAD_TOKENS) for session in sessions]   # every session, a slice each
+            if not all(done) and epoch == self._llm_epoch:
+                self._lanes.llm.submit(BACKGROUND, read)
+
+        self._lanes.llm.submit(BACKGROUND, read)
+
+    def _critical_llm_use(self) -> None:
+        self._llm_epoch += 1
+
     # --- the fast path ---------------------------------------------------------------------
 
-    def _speculate(self, audio: np.ndarray, earlier: str | None) -> Speculation:
+    def _speculate(self, audio: np.ndarray, features: np.ndarray | None, earlier: str | None) -> Speculation:
         messages = self.conversation.messages(self.params.system_prompt)
         cancel = threading.Event()
         speculation = Speculation(Future(), cancel, self._clock())
         params, voice = self.params, self._voice()
-        speculation.future = self._jobs.submit(self._fast_path, speculation, audio, messages, earlier, params, voice)
+        self._critical_llm_use()
+        speculation.future = self._jobs.submit(self._fast_path, speculation, audio, features, messages, earlier, params, voice)
         return speculation
 
-    def _fast_path(self, speculation: Speculation, audio: np.ndarray, messages: list[Message], earlier: str | None,
-                   params: RelaySpeechParams, voice: Synthesizer) -> FastResult:
-        transcript = self.models.asr.transcribe(audio, beam_size=1)
+    def _fast_path(self, speculation: Speculation, audio: np.ndarray, features: np.ndarray | None, messages: list[Message],
+                   earlier: str | None, params: RelaySpeechParams, voice: Synthesizer) -> FastResult:
+        lanes, cancelled = self._lanes, speculation.cancel.is_set
+        asked = self._clock()
+        try:
+            transcript = lanes.asr.call(CRITICAL, self.models.asr.transcribe, audio, 1, features)
+        finally:
+            speculation.transcribed.set()
+        asr_wait = max(0.0, self._clock() - asked - transcript.seconds)
         text = usable_text(transcript)
-        if not text or speculation.cancel.is_set():
-            return FastResult(transcript)
-        draft = self.models.drafter.draft([*messages, {"role": "user", "content": text}], params.draft_words, speculation.cancel.is_set)
+        if not text or cancelled():
+            return FastResult(transcript, asr_wait=asr_wait, done_at=self._clock())
+        draft = lanes.llm.call(CRITICAL, self.chat.draft, [*messages, {"role": "user", "content": text}], params.draft_words, cancelled)
         probability = self.models.verifier.probability(DraftEvidence(draft, transcript, earlier))
-        result = FastResult(transcript, draft, probability, keep=bool(draft.text) and probability >= params.verifier_threshold)
-        if result.keep and not speculation.cancel.is_set():
-            speech = voice.synthesize(draft.text)
+        result = FastResult(transcript, draft, probability, keep=bool(draft.text) and probability >= params.verifier_threshold,
+                            asr_wait=asr_wait)
+        if result.keep and not cancelled():
+            speech = lanes.tts.call(CRITICAL, voice.synthesize, draft.text)
             result.audio, result.tts_s = speech_audio(speech, params.output_sample_rate, draft.text), speech.seconds
+        result.done_at = self._clock()
         return result
 
     def _cancel_speculation(self, listening: Listening) -> None:
@@ -242,37 +377,42 @@ class Relay:
         listening, self._listening = self._listening, None
         record = TurnRecord(next(self._turn_ids), self.params.mode, speech_start_at=listening.onset_at,
                             speech_end_at=self._arrival(d.speech_window), decision_at=now, forced_end=d.forced,
-                            partials=list(listening.partials))
-        audio = self._utterance(listening, d.speech_window)
+                            partials=list(listening.partials), turn_probability=listening.turn_probability,
+                            turn_model=listening.turn_model_s)
+        audio, features = self._transcript_input(listening, d.speech_window)
         speculation = listening.speculation
         if self.params.mode != "relay":
             self._cancel_speculation(listening)
             speculation = None
         elif speculation is None:
-            speculation = self._speculate(audio, latest(listening.partials))
+            speculation = self._speculate(audio, features, latest(listening.partials))
             listening.speculations += 1
+            listening.paused_at = now
         record.speculations = listening.speculations
         if speculation is not None:
             record.fast_start = speculation.started_at - now
+        if listening.paused_at is not None and speculation is not None:
+            record.pause_at = listening.paused_at
         answer = Answer(record, threading.Event(), speculation)
         self.answer = answer
         self.playout.new_turn()
         if self.playout.sample_rate != self.params.output_sample_rate and self.playout.idle:
             self.playout = Playout(self.params.output_sample_rate)
         messages = self.conversation.messages(self.params.system_prompt)
-        self._jobs.submit(self._slow_path, answer, audio, messages, self.params, self._voice())
+        self._critical_llm_use()
+        self._jobs.submit(self._slow_path, answer, audio, features, messages, self.params, self._voice())
 
-    def _slow_path(self, answer: Answer, audio: np.ndarray, messages: list[Message], params: RelaySpeechParams,
-                   voice: Synthesizer) -> None:
+    def _slow_path(self, answer: Answer, audio: np.ndarray, features: np.ndarray | None, messages: list[Message],
+                   params: RelaySpeechParams, voice: Synthesizer) -> None:
         put = answer.outbox.append
         try:
             speculation = answer.speculation
-            # The fast path first: it is heard first, and on a couple of CPU cores running both at
-            # once would slow it down. The kept prefix's playback then covers the slow path.
             fast: FastResult | None = speculation.future.result() if speculation is not None else None
-            final = self.models.asr.transcribe(audio, beam_size=5)
-            put(FinalTranscript(final))
-            user_text = usable_text(final) or (usable_text(fast.transcript) if fast else "")
+            # The fast path's transcript is the turn's: no second pass over the same audio.
+            transcript = fast.transcript if fast is not None else self._lanes.asr.call(CRITICAL, self.models.asr.transcribe, audio, 1,
+                                                                                       features)
+            put(FinalTranscript(transcript))
+            user_text = usable_text(transcript)
             if not user_text or answer.cancel.is_set():
                 return
             put(UserTurn(user_text))
@@ -285,10 +425,29 @@ class Relay:
 
     def _speak_continuation(self, answer: Answer, messages: list[Message], prefix: str, params: RelaySpeechParams,
                             voice: Synthesizer) -> None:
+        """The language model streams the continuation on its lane into a queue; this job cuts it
+        into clauses and has each voiced as soon as it is whole (the first ones short, so the
+        voice starts soon and keeps ahead of the playback)."""
         put = answer.outbox.append
+        pieces: queue.Queue[tuple[str, str | float]] = queue.Queue()
+
+        def generate() -> None:
+            started = time.perf_counter()
+            try:
+                for piece in self.answerer.respond(messages, prefix, params.max_answer_tokens, answer.cancel.is_set):
+                    pieces.put(("text", piece))
+            finally:
+                pieces.put(("end", time.perf_counter() - started))
+
         started = time.perf_counter()
-        pending, first_piece, first_clause = "", True, True
-        for piece in self.models.responder.respond(messages, prefix, params.max_answer_tokens, answer.cancel.is_set):
+        generation = self._lanes.llm.submit(CRITICAL, generate)
+        pending, first_piece, clause_index = "", True, 1 if prefix else 0
+        while True:
+            kind, value = pieces.get()
+            if kind == "end":
+                put(LlmFinished(float(value)))
+                break
+            piece = str(value)
             if first_piece:
                 put(FirstToken(time.perf_counter() - started))
                 piece, fragment = seam_join(prefix, piece)
@@ -298,21 +457,19 @@ class Relay:
             put(ContinuationText(piece))
             pending += piece
             while True:
-                words = FIRST_CLAUSE_WORDS if first_clause else CLAUSE_WORDS
-                clause, pending = take_clause(pending, *words, final=False)
+                clause, pending = take_clause(pending, *clause_words(clause_index, params.draft_words))
                 if not clause:
                     break
                 self._speak(answer, clause, voice, params)
-                first_clause = False
-        put(LlmFinished(time.perf_counter() - started))
-        clause, _ = take_clause(pending, 1, 10**6, final=True)
-        if clause:
-            self._speak(answer, clause, voice, params)
+                clause_index += 1
+        generation.result()  # the generation's own error, if it failed
+        if pending.strip():
+            self._speak(answer, " ".join(pending.split()), voice, params)  # the rest, however it ends
 
     def _speak(self, answer: Answer, text: str, voice: Synthesizer, params: RelaySpeechParams) -> None:
         if answer.cancel.is_set():
             return
-        speech = voice.synthesize(text)
+        speech = self._lanes.tts.call(CRITICAL, voice.synthesize, text)
         answer.outbox.append(ContinuationAudio(speech_audio(speech, params.output_sample_rate, text), text, speech.seconds))
 
     # --- output and bookkeeping (worker thread) -------------------------------------------
@@ -343,12 +500,19 @@ class Relay:
             listening.partial_job = None
             if job.exception() is None and (text := usable_text(job.result())):
                 listening.partials.append(text)
+                if listening.speculation is None and self.answer is None:
+                    # The words so far, but the last (it may still change), read ahead.
+                    words = " ".join(text.split()[:-1])
+                    if words:
+                        user = {"role": "user", "content": words}
+                        self._read_ahead([*self.conversation.messages(self.params.system_prompt), user], open_end=True)
         spoken = (self._audio_origin + self._audio.size - listening.start_sample) / ASR_RATE
-        # Partials feed the verifier's stability signal: the cascaded baseline has no use for them.
+        # Partials feed the read-ahead and the verifier's stability signal: the cascaded baseline does no work before the decision.
         if listening.partial_job is None and now >= listening.partial_due and spoken >= MIN_PARTIAL_S and self.detector.speaking \
-                and self.params.mode == "relay":
+                and listening.speculation is None and self.params.mode == "relay":
             listening.partial_due = now + self.params.partial_interval_s
-            listening.partial_job = self._jobs.submit(self.models.asr.transcribe, self._utterance(listening), 1)
+            audio, features = self._transcript_input(listening)
+            listening.partial_job = self._lanes.asr.submit(BACKGROUND, self.models.asr.transcribe, audio, 1, features)
 
     def _collect(self, answer: Answer) -> None:
         record = answer.record
@@ -369,7 +533,7 @@ class Relay:
             answer.outbox.popleft()
             match event:
                 case FinalTranscript():
-                    record.final_transcript, record.asr_final = event.transcript.text, event.transcript.seconds
+                    record.final_transcript, record.asr = event.transcript.text, event.transcript.seconds
                 case UserTurn():
                     self.conversation.add("user", event.text)
                 case FirstToken():
@@ -391,12 +555,12 @@ class Relay:
 
     def _take_fast_result(self, answer: Answer, fast: FastResult) -> None:
         record = answer.record
-        record.fast_transcript = fast.transcript.text
-        record.asr_partial = fast.transcript.seconds
+        record.final_transcript, record.asr = fast.transcript.text, fast.transcript.seconds   # the turn's transcript, if interrupted now
+        record.asr_wait, record.fast_done_at = fast.asr_wait, fast.done_at
         if fast.draft is None:
             return
         record.draft, record.keep_probability, record.kept = fast.draft.text, fast.probability, fast.keep
-        record.llm_draft = fast.draft.seconds
+        record.llm_draft, record.draft_read_tokens = fast.draft.seconds, fast.draft.new_tokens
         if fast.keep and fast.audio is not None:
             record.prefix = fast.draft.text
             record.tts_first = fast.tts_s
@@ -434,18 +598,24 @@ class Relay:
         self.answer = None
         for stats in self._stats:
             stats.add(answer.record)
+        # The history as heard, read ahead while the answer plays out and the user thinks.
+        self._read_ahead(self.conversation.messages(self.params.system_prompt), open_end=False)
 
     def _voice(self) -> Synthesizer:
         return self.models.voices[self.params.voice or self.models.default_voice]
 
     def close(self) -> None:
-        """Stop the jobs of this conversation (the stream ended)."""
+        """Stop the jobs of this conversation (the stream ended) and free its cache once the
+        language model's lane is done with it."""
         if self.answer is not None:
             self.answer.cancel.set()
             if self.answer.speculation is not None:
                 self.answer.speculation.cancel.set()
         if self._listening is not None:
             self._cancel_speculation(self._listening)
+        self._critical_llm_use()
+        for session in {id(s): s for s in (self.chat, self.answerer)}.values():
+            self._lanes.llm.submit(CRITICAL, session.close)
 
 
 def latest(partials: list[str]) -> str | None:

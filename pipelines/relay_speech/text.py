@@ -8,22 +8,29 @@ import re
 _CLAUSE_END = re.compile(r"[.!?;:,](?=\s)|[.!?](?=$)")
 
 
-def take_clause(pending: str, min_words: int, max_words: int, final: bool) -> tuple[str, str]:
-    """Split off the first clause of `pending` that is ready to speak: one that ends at a
-    punctuation mark after `min_words` words, or `max_words` whole words, or whatever is left
-    when the text is final. Returns (clause, rest); clause is "" when nothing is ready."""
+def take_clause(pending: str, min_words: int, max_words: int) -> tuple[str, str]:
+    """Split off the first clause of `pending` (text still streaming in) that is ready to speak:
+    one that ends at a punctuation mark after `min_words` words, or `max_words` whole words.
+    Returns (clause, rest); clause is "" when nothing is ready."""
     words = pending.split()
     for match in _CLAUSE_END.finditer(pending):
         if len(pending[: match.end()].split()) >= min_words:
             return pending[: match.end()].strip(), pending[match.end():]
     # A word is whole only once the text after it has begun (a space follows it).
-    whole = words if final else words[:-1] if pending and not pending[-1].isspace() else words
+    whole = words[:-1] if pending and not pending[-1].isspace() else words
     if len(whole) >= max_words:
         cut = _end_of_word(pending, max_words)
         return pending[:cut].strip(), pending[cut:]
-    if final and words:
-        return pending.strip(), ""
     return "", pending
+
+
+def clause_words(index: int, first_words: int) -> tuple[int, int]:
+    """(min, max) words of an answer's clause by its place: the first as short as the fast path's
+    draft (the voice starts on it at once), the second short enough to be voiced while the first
+    plays, then longer ones, which sound more natural and cost less per word."""
+    if index == 0:
+        return 1, first_words
+    return (3, 8) if index == 1 else (4, 14)
 
 
 def _end_of_word(text: str, n: int) -> int:

@@ -1,7 +1,9 @@
 """Rolling-KV causal video generation (StreamDiffusionV2 on CausVid / Self-Forcing models).
 
-A stream is cut into chunks: the first is 5 pictures (2 latent frames: the VAE encodes the first
-picture alone), every later one 4 pictures (1 latent frame). Video-to-video takes one picture per
+A stream is cut into chunks: the first is `first_chunk_latents` latent frames (2: 5 pictures, the
+VAE encodes the first picture alone), every later one `chunk_latents` (1: 4 pictures). The loops
+follow the upstream ones of the checkpoint's family exactly (docs/video.md; the reference tests in
+tests/test_video_upstream.py re-implement them). Video-to-video takes one picture per
 step and runs the model when a chunk is complete; text-to-video makes a chunk from noise when it
 has no picture left to hand out. Finished pictures leave one per step (a chunk at the pace its
 pictures came in; at most 3 wait), and all at once when the input ends.
@@ -12,14 +14,16 @@ rolling window) and are written into it. How steps and caches relate is the `kv_
   over cache row i, which therefore holds keys computed at step i's noise level. One forward
   per chunk; a chunk leaves `steps` chunks after it entered.
 - single-slot: a chunk's steps run one after another on one cache row; each step rewrites the
-  chunk's own slot, so the cache keeps the last step's keys. `steps` forwards per chunk, no
-  pipeline latency.
+  chunk's own slot, so the cache keeps the last step's keys (`step_rewrite: same-slot`), or, once
+  the cache is full, the next ring slot as StreamDiffusionV2's `inference_wo_batch` does
+  (`next-slot`). `steps` forwards per chunk, no pipeline latency.
 - clean-context: single-slot plus one pass at t=0 on the denoised chunk, so the cache keeps clean
   keys (CausVid, Self-Forcing's context pass).
 These keep different keys, so they give different videos: they are not interchangeable.
 
-The first chunk of every mode runs its steps one after another right away (each step on the
-cache row of that step), so the first pictures come out after one chunk, not `steps` chunks.
+The first chunk of every mode runs its steps one after another right away, on one cache row whose
+writes every stream-batch row mirrors (StreamDiffusionV2's `prepare`: one sequence, then its cache
+copied to every row), so the first pictures come out after one chunk, not `steps` chunks.
 
 Across streams: every row of every stream (all steps of all stream-batch streams, or step i of
 all sequential streams) goes into one transformer call per latent size; only the attention over
@@ -38,18 +42,17 @@ import torch
 
 from models.video.bundle import VideoModels
 from models.video.eviction import AdaptiveSinkRefresh, EvictionPolicy, FifoEviction, ImportanceKeep
+from models.video.flow_match import sigma_at
 from models.video.positions import AbsolutePositions, CacheRelative, PeriodicReset, PositionPolicy, SinkRealign
 from models.video.transformer import CachedRows, TextKV
 from models.video.vae import pixel_frames
 from pipelines.base import ParamError, Pipeline, PipelineKind, StepOutput, with_defaults
 from pipelines.pictures import picture_render_params, picture_to_tensor, tensor_to_pictures
 from pipelines.rolling_kv.params import RollingKVParams
-from pipelines.rolling_kv.sampler import add_noise, condition_timestep, keyed_noise, predicted_x0, sigma_of, step_timesteps
+from pipelines.rolling_kv.sampler import add_noise, condition_timestep, keyed_noise, predicted_x0, step_timesteps
 from pipelines.rolling_kv.scheduling import profile_for
 from pipelines.rolling_kv.state import Chunk, PromptTransition, RollingKVState
 from streaming.frames import VideoFrame
-
-FIRST_CHUNK_LATENTS = 2
 
 
 @dataclass
@@ -60,6 +63,8 @@ class _Rows:
     rows: range
     chunks: list[Chunk]
     timesteps: list[float]  # one per row
+    mirror: range = range(0)  # rows that take the same writes as `rows` (a first chunk's)
+    step_copy: bool = False   # later steps of single-slot next-slot
     x0: torch.Tensor = field(default=None)
 
 
@@ -104,8 +109,7 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
         return picture_render_params(given, has_input, size)
 
     def apply_hot(self, state: RollingKVState, new: RollingKVParams, changed: list[str]) -> None:
-        """A new prompt blends in over `transition_chunks` (at once before the first chunk); new
-        step timesteps for a new strength."""
+        """A new prompt blends in over `transition_chunks` (at once before the first chunk)."""
         if "prompt" in changed:
             target = self.models.prompt_states(new.prompt)
             if new.transition_chunks > 0 and state.started:
@@ -113,7 +117,6 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
             else:
                 text = self.models.text_kv(target)
                 state.text_states, state.text, state.transition = target, text, None
-        state.timesteps = step_timesteps(new.mode, new.steps, new.strength)
 
     def build_state(self, params: RollingKVParams, stream_id: str) -> RollingKVState:
         m = self.models
@@ -127,7 +130,7 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
         return RollingKVState(
             params=params,
             stream_id=stream_id,
-            timesteps=step_timesteps(params.mode, params.steps, params.strength),
+            timesteps=step_timesteps(params),
             cache=cache,
             vae=m.vae.new_state(),
             text_states=states,
@@ -198,7 +201,7 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
     # ---- chunks entering the pipe --------------------------------------------------------------
 
     def _next_chunk_latents(self, state: RollingKVState) -> int:
-        return state.params.chunk_latents if state.started else FIRST_CHUNK_LATENTS
+        return state.params.chunk_latents if state.started else state.params.first_chunk_latents
 
     def _take_frames(self, state: RollingKVState, latents: int) -> list[int]:
         frames = list(range(state.next_latent_frame, state.next_latent_frame + latents))
@@ -224,11 +227,14 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
         pictures = torch.stack([picture for _, picture in state.pending])  # (F, 3, H, W)
         outputs = [frame for frame, _ in state.pending]
         state.pending = []
-        latents = m.vae.encode(pictures.transpose(0, 1)[None], state.vae)
+        latents = m.vae.encode(pictures.transpose(0, 1)[None], state.vae, normalise=m.preset.normalise_encoded)
         frames = self._take_frames(state, latents.shape[2])
         sigma = state.controller.next_sigma(pictures, p.strength, p.motion_aware)
         noise = keyed_noise(p.seed, frames[0], 0, latents.shape, m.device, m.dtype)
-        return Chunk(frames, add_noise(latents, noise, sigma), condition_timestep(sigma), outputs, first)
+        # The first chunk starts at the list's first step (StreamDiffusionV2's `prepare`), the
+        # later ones at the timestep of their motion-aware noise level.
+        first_t = state.timesteps[0] if first else condition_timestep(sigma)
+        return Chunk(frames, add_noise(latents, noise, sigma), first_t, outputs, first)
 
     def _padded_chunk(self, state: RollingKVState) -> Chunk:
         """The partial chunk at the end of an input, completed with copies of its last picture
@@ -295,7 +301,9 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
                 self._run_sequential([j], first)
             return
         for i in range(steps):
-            calls = [_Rows(j.state, self._sequential_row(j.state, i), [j.entering], [self._timestep(j.state, i, j.entering)]) for j in jobs]
+            calls = [_Rows(j.state, range(1), [j.entering], [self._timestep(j.state, i, j.entering)],
+                           mirror=range(1, j.state.cache.rows) if first else range(0), step_copy=i > 0 and _copies_steps(j.state))
+                     for j in jobs]
             self._forward(calls)
             for call, job in zip(calls, jobs):
                 last = i == steps - 1
@@ -307,16 +315,12 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
             job.exits.append(job.entering)
             job.entering = None
 
-    def _sequential_row(self, state: RollingKVState, step: int) -> range:
-        row = step if state.params.kv_mode == "stream-batch" else 0
-        return range(row, row + 1)
-
     def _timestep(self, state: RollingKVState, step: int, chunk: Chunk) -> float:
         return chunk.first_timestep if step == 0 else state.timesteps[step]
 
     def _renoise(self, state: RollingKVState, chunk: Chunk, x0: torch.Tensor, step: int) -> torch.Tensor:
         m = self.models
-        sigma = float(sigma_of(state.timesteps[step], m.preset.timestep_shift))
+        sigma = float(sigma_at(state.timesteps[step], m.preset.scheduler_shift))
         noise = keyed_noise(state.params.seed, chunk.frames[0], step, tuple(x0.shape), m.device, m.dtype)
         return add_noise(x0, noise, sigma)
 
@@ -326,12 +330,14 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
         groups, start = [], 0
         for call in calls:
             frames = [c.frames for c in call.chunks]
-            groups.append(CachedRows(call.state.cache, call.state.cache.begin_write(call.rows, frames), start, call.state.text))
+            plan = call.state.cache.begin_write(call.rows, frames, call.mirror, call.step_copy)
+            groups.append(CachedRows(call.state.cache, plan, start, call.state.text))
             start += len(call.rows)
         latents = torch.cat([c.latents for call in calls for c in call.chunks])
         per_frame = latents.shape[2]
-        sigma = sigma_of(torch.tensor([t for call in calls for t in call.timesteps]), m.preset.timestep_shift)
-        timesteps = (1000.0 * sigma).float()[:, None].expand(-1, per_frame)
+        told = torch.tensor([t for call in calls for t in call.timesteps], dtype=torch.float64)
+        sigma = sigma_at(told, m.preset.scheduler_shift)
+        timesteps = told.float()[:, None].expand(-1, per_frame)  # the model is told the timestep itself
         text = TextKV.cat([call.state.text.expand(len(call.rows)) for call in calls])
         flow = self.denoiser.forward_cached(latents, timesteps, text, groups)
         x0 = predicted_x0(latents, flow, sigma.to(latents.device, torch.float32).view(-1, 1, 1, 1, 1))
@@ -360,6 +366,11 @@ class RollingKVPipeline(Pipeline[RollingKVState]):
             frames.extend(meta.with_image(image) for meta, image in zip(chunk.outputs, images) if meta is not None)
         return frames
 
+
+
+def _copies_steps(state: RollingKVState) -> bool:
+    """Later steps write a step copy (StreamDiffusionV2's single-slot loop)."""
+    return state.params.kv_mode == "single-slot" and state.params.step_rewrite == "next-slot"
 
 
 def held_back_pictures(params: RollingKVParams) -> int:

@@ -1,8 +1,13 @@
 """Flow-matching arithmetic of the causal video models, and counter-based noise.
 
 x_t = (1 - sigma) * x0 + sigma * noise; the model predicts the flow v = noise - x0, so
-x0 = x_t - sigma * v. A timestep t in [0, 1000] maps to sigma = t / 1000, warped by the preset's
-shift when its checkpoint was distilled that way.
+x0 = x_t - sigma * v. The model is told a step's timestep as it is; its sigma is the nearest
+entry of the checkpoint's timestep table (`models.video.flow_match.sigma_at`), as in the upstream loops.
+
+A chunk's steps are the first `steps` timesteps of the mode's step list (`v2v_timesteps` or
+`t2v_timesteps`, a preset's defaults), as upstream's `--step N` keeps the first N. Video-to-video
+replaces the first one from the stream's second chunk on by the motion-aware noise level's
+timestep; the others stay as listed whatever the strength (StreamDiffusionV2 keeps its list).
 
 Noise is keyed by (seed, latent frame, step) rather than drawn from a running generator, so the
 same chunk gets the same noise however the steps are batched: the stream batch and its sequential
@@ -13,30 +18,21 @@ from __future__ import annotations
 
 import torch
 
-# StreamDiffusionV2's step lists: after the first step (adaptive for video-to-video) the rest
-# follow these, scaled to the stream's strength (0.8 gives them exactly).
-V2V_STEPS = (700, 500, 400, 200)
-V2V_REFERENCE_STRENGTH = 0.8
-T2V_STEPS = (1000, 750, 500, 250)
+from pipelines.rolling_kv.params import RollingKVParams
+
 CONDITION_OFFSET = 100  # the conditioning timestep sits 0.1 (in sigma) below the injected noise
 
 
-def sigma_of(t: torch.Tensor | float, shift: float = 1.0) -> torch.Tensor:
-    s = torch.as_tensor(t, dtype=torch.float64) / 1000.0
-    return shift * s / (1 + (shift - 1) * s)
-
-
 def condition_timestep(noise_sigma: float) -> float:
-    """The timestep the model is told for a latent injected with noise level `noise_sigma`."""
-    return max(1.0, 1000.0 * noise_sigma - CONDITION_OFFSET)
+    """The timestep the model is told for a latent injected with noise level `noise_sigma`:
+    StreamDiffusionV2's `int(1000 * sigma) - 100` (truncated, as it does), at least 1."""
+    return float(max(1, int(1000 * noise_sigma) - CONDITION_OFFSET))
 
 
-def step_timesteps(mode: str, steps: int, strength: float) -> list[float]:
-    """Nominal timesteps of a chunk's steps; for img2img the first is replaced per chunk."""
-    if mode == "txt2img":
-        return [float(t) for t in T2V_STEPS[:steps]]
-    scale = condition_timestep(strength) / V2V_STEPS[0]
-    return [float(t) * scale for t in V2V_STEPS[:steps]]
+def step_timesteps(params: RollingKVParams) -> list[float]:
+    """Nominal timesteps of a chunk's steps; for img2img the first is replaced per chunk after the first."""
+    listed = params.v2v_timesteps if params.mode == "img2img" else params.t2v_timesteps
+    return [float(t) for t in listed[: params.steps]]
 
 
 def predicted_x0(x: torch.Tensor, flow: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

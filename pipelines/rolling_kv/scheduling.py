@@ -33,7 +33,8 @@ def profile_for(models: VideoModels) -> SchedulingProfile:
             return {"steps": params.steps - 1}
         if knob == "resolution":
             return smaller_size(params, models.pixel_multiple, 2 * models.pixel_multiple)
-        if knob == "chunk" and params.chunk_latents * 2 <= min(MAX_CHUNK_LATENTS, params.window_frames):
+        single_frame_chunks = params.kv_mode == "single-slot" and params.step_rewrite == "next-slot"  # upstream's loop
+        if knob == "chunk" and not single_frame_chunks and params.chunk_latents * 2 <= min(MAX_CHUNK_LATENTS, params.window_frames):
             return {"chunk_latents": params.chunk_latents * 2}
         return None
 

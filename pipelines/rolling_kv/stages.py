@@ -181,6 +181,8 @@ class StagedTransformer:
             "frames": [w.frames for w in g.plan.writes],
             "positions": [w.positions for w in g.plan.writes],
             "slots": [w.slots for w in g.plan.writes],
+            "mirror": (g.plan.mirror.start, g.plan.mirror.stop),
+            "step_copy": g.plan.step_copy,
             "text": text_uid,
             "text_index": text_index,
         }
@@ -252,7 +254,8 @@ def _part_groups(groups: Sequence[CachedRows], rows: slice) -> list[CachedRows]:
             continue
         first = g.plan.rows.start + lo - g.start
         writes = g.plan.writes[lo - g.start : hi - g.start]
-        part.append(CachedRows(g.cache, WritePlan(range(first, first + hi - lo), writes), lo - rows.start, g.text))
+        plan = WritePlan(range(first, first + hi - lo), writes, g.plan.mirror, g.plan.step_copy)
+        part.append(CachedRows(g.cache, plan, lo - rows.start, g.text))
     return part
 
 
@@ -300,10 +303,11 @@ class LayerStageHost:
                 self.texts[g["text"]] = TextKV(list(k), list(v))
             cache = self.caches[g["cache"]]
             writes = [RowWrite(row, frames, positions) for row, frames, positions in zip(range(*g["rows"]), g["frames"], g["positions"])]
-            for w, slots in zip(writes, g["slots"]):  # rank 0's choice for the frames new to this row
-                table = cache.tables[w.row]
-                cache.eviction.slots[w.row] = [slot for frame, slot in zip(w.frames, slots) if table.slot_of(frame) is None]
-            groups.append(CachedRows(cache, WritePlan(range(*g["rows"]), writes), g["start"]))
+            for w, slots in zip(writes, g["slots"]):  # rank 0's choice wherever its eviction policy chose
+                cache.eviction.slots[w.row] = [slot for frame, slot in zip(w.frames, slots)
+                                               if cache.reused_slot(w.row, frame, g["step_copy"]) is None]
+            plan = WritePlan(range(*g["rows"]), writes, range(*g["mirror"]), g["step_copy"])
+            groups.append(CachedRows(cache, plan, g["start"]))
             texts.append(self.texts[g["text"]].expand(len(writes)))
         positions = torch.cat([g.plan.positions for g in groups])
         cond = self.model.conditioning(timesteps, positions, header["latent_shape"], x.device)

@@ -26,7 +26,7 @@ class Chunk:
     latents: torch.Tensor
     """(1, C, F, h, w) at the noise level of the step it is processed at next."""
     first_timestep: float
-    """Timestep of step 0 (img2img: set per chunk by the noise controller)."""
+    """Timestep of step 0 (img2img: from the second chunk on, set per chunk by the noise controller)."""
     outputs: list[VideoFrame | None]
     """The identity of each picture it decodes to, in order; None marks padding (not sent)."""
     first: bool = False
@@ -52,7 +52,7 @@ class PromptTransition:
 class RollingKVState(PipelineState):
     params: RollingKVParams
     timesteps: list[float]
-    """Nominal timestep of each step (img2img replaces the first per chunk)."""
+    """The timesteps of the steps, as listed (img2img replaces the first per chunk from the second chunk on)."""
     cache: RollingKVCache
     """Rows: one per step in stream-batch mode (row i keeps keys computed at step i), else one."""
     vae: VAEStreamState

@@ -5,6 +5,7 @@ ranks 1..N-1 (spawned, so nothing of this process's threads or CUDA state leaks 
 builds the stage hosts it is given and serves messages until told to stop. Messages go round a
 ring, rank r to r+1 and the last back to 0, so every rank reads from one neighbour only.
 A group is closed with the server: stop messages first, then terminate whatever did not exit.
+A process that exits before that is a failure: `watch` reports it from a monitor thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -131,11 +134,30 @@ class StageGroup:
         ]
         for process in self.processes:
             process.start()
+        self._closing = threading.Event()
+        self._monitor: threading.Thread | None = None
         try:
             self.link = _connect(0, len(devices), port, devices[0], timeout_s)
         except BaseException:
             self._reap(0.0)
             raise
+
+    def watch(self, on_exit: Callable[[str, int | None], None], poll_s: float = 0.5) -> None:
+        """Call `on_exit(process name, exit code)`, from a monitor thread, for the first stage
+        process that exits before the group is closed."""
+
+        def monitor() -> None:
+            sentinels = {process.sentinel: process for process in self.processes}
+            while not self._closing.is_set():
+                ended = multiprocessing.connection.wait(list(sentinels), timeout=poll_s)
+                if ended and not self._closing.is_set():
+                    process = sentinels[ended[0]]  # type: ignore[index]
+                    process.join(1.0)
+                    on_exit(process.name, process.exitcode)
+                    return
+
+        self._monitor = threading.Thread(target=monitor, name="stage-monitor", daemon=True)
+        self._monitor.start()
 
     @property
     def world(self) -> int:
@@ -143,6 +165,9 @@ class StageGroup:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop every stage process (politely, then by force) and leave the process group."""
+        self._closing.set()
+        if self._monitor is not None:
+            self._monitor.join()
         if not dist.is_initialized():
             return
         try:

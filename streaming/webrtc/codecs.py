@@ -9,8 +9,9 @@ an encoder set to HEVC or AV1 (OBS offers both) has to switch to H.264.
 from __future__ import annotations
 
 from aiortc import sdp
-from aiortc.codecs import CODECS, h264, vpx
-from aiortc.rtcpeerconnection import find_common_codecs
+from aiortc.codecs import h264, vpx
+
+from streaming.errors import ErrorCode, StreamError
 
 SUPPORTED = {"video": "VP8 or H.264", "audio": "Opus, G.722, PCMU or PCMA"}
 _NOT_MEDIA = {"rtx", "red", "ulpfec", "flexfec-03"}
@@ -24,14 +25,9 @@ VP8_BOUNDS = (300_000, 5_000_000)
 H264_BOUNDS = (500_000, 6_000_000)
 
 
-class UnsupportedOffer(ValueError):
-    """An offer we cannot answer: its message says what to change on the sending side."""
-
-
-def offered_codecs(offer_sdp: str) -> dict[str, list[str]]:
-    """Codec names per media kind in an SDP offer, in the offer's order (retransmission and
+def offered_codecs(description: sdp.SessionDescription) -> dict[str, list[str]]:
+    """Codec names per media kind in a parsed SDP offer, in the offer's order (retransmission and
     error-correction formats left out)."""
-    description = sdp.SessionDescription.parse(offer_sdp)
     codecs: dict[str, list[str]] = {}
     for media in description.media:
         if media.kind in SUPPORTED:
@@ -40,30 +36,15 @@ def offered_codecs(offer_sdp: str) -> dict[str, list[str]]:
     return codecs
 
 
-def check_offer(offer_sdp: str) -> sdp.SessionDescription:
-    """The parsed offer; UnsupportedOffer when a media section has no codec in common with
-    aiortc (the same negotiation aiortc runs, done first so the refusal can say why), ValueError
-    when it is not SDP at all."""
-    try:
-        description = sdp.SessionDescription.parse(offer_sdp)
-    except (ValueError, IndexError, KeyError) as err:
-        raise ValueError(f"the body is not an SDP offer: {err}") from None
-    if not description.media:
-        raise ValueError("the SDP offer has no media sections")
-    for media in description.media:
-        if media.kind in SUPPORTED and not find_common_codecs(CODECS[media.kind], media.rtp.codecs):
-            raise unsupported_offer(offer_sdp, media.kind)
-    return description
-
-
-def unsupported_offer(offer_sdp: str, kind: str) -> UnsupportedOffer:
-    """The error for an offer whose `kind` section has no codec aiortc handles."""
-    names = offered_codecs(offer_sdp).get(kind) or ["none"]
+def unsupported_offer(description: sdp.SessionDescription, kind: str) -> StreamError:
+    """The refusal (unsupported_format, 422) of an offer whose `kind` section has no codec aiortc
+    handles: what was offered and what to change."""
+    names = offered_codecs(description).get(kind) or ["none"]
     message = f"the offer's {kind} codecs ({', '.join(names)}) are none this server decodes; send {SUPPORTED[kind]}"
     if kind == "video":
         message += (". In OBS: Settings > Output > Output Mode: Advanced > Streaming > Video Encoder: x264 "
                     "(or NVENC/QuickSync/AMF H.264), not HEVC or AV1")
-    return UnsupportedOffer(message)
+    return StreamError(ErrorCode.UNSUPPORTED_FORMAT, message, field="sdp")
 
 
 def configure_encoder_bounds() -> None:

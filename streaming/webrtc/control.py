@@ -32,7 +32,7 @@ CHANNEL_LABEL = "control"
 class ControlChannel(ControlProtocol):
     def __init__(self, peer: SessionPeer, channel: RTCDataChannel, sessions: SessionManager, metrics: ServerMetrics, *,
                  max_control_bytes: int, stats_interval_s: float, frame_info: bool = False):
-        super().__init__(sessions, metrics, max_control_bytes=max_control_bytes, stats_interval_s=stats_interval_s)
+        super().__init__(sessions, metrics, max_control_bytes=max_control_bytes, stats_interval_s=stats_interval_s, owner=peer.owner)
         self.peer = peer
         self.channel = channel
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
@@ -63,6 +63,9 @@ class ControlChannel(ControlProtocol):
 
     def transport_closed(self) -> bool:
         return self.peer.closed
+
+    def sends_video(self) -> bool:
+        return self.peer.video_out is not None
 
     def on_started(self, session: Session, message: StartMessage) -> dict:
         sessions = self.sessions

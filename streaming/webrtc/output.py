@@ -24,6 +24,11 @@ from streaming.webrtc.ingest import AUDIO_LAYOUT, AUDIO_RATE
 
 VIDEO_CLOCK = 90000
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK)
+# Output pts are whole multiples of 100 us (9 ticks of the 90 kHz clock). aiortc's VP8 encoder
+# goes through PyAV, which moves a frame's pts to the codec's microsecond time base (rounded) and
+# aiortc back to 90 kHz (truncated): any other pts can lose a tick on the way, and then the RTP
+# timestamp a receiver sees is not the pts announced in `frame` messages.
+PTS_STEP = 9
 AUDIO_PTIME = 0.020
 AUDIO_FRAME_SAMPLES = round(AUDIO_RATE * AUDIO_PTIME)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
@@ -44,7 +49,7 @@ class GeneratedVideoTrack(MediaStreamTrack):
         self._output: PacedOutput[VideoFrame] = PacedOutput(lambda frame: frame, target_fps, latency_budget_s, on_dropped)
         self._on_sent = on_sent
         self._clock_start: float | None = None
-        self._last_pts = -1
+        self._last_pts = -PTS_STEP
 
     def set_slo(self, target_fps: float, latency_budget_s: float) -> None:
         self._output.set_slo(target_fps, latency_budget_s)
@@ -61,7 +66,7 @@ class GeneratedVideoTrack(MediaStreamTrack):
         if self._clock_start is None:
             self._clock_start = now
             use_start_bitrate(frame.width, frame.height, self._output.target_fps)
-        pts = max(self._last_pts + 1, round((now - self._clock_start) * VIDEO_CLOCK))
+        pts = max(self._last_pts + PTS_STEP, -(-round((now - self._clock_start) * VIDEO_CLOCK) // PTS_STEP) * PTS_STEP)
         self._last_pts = pts
         out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         out.pts, out.time_base = pts, VIDEO_TIME_BASE

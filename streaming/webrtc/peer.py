@@ -23,14 +23,15 @@ from streaming.errors import ErrorCode, StreamError
 from streaming.frames import VideoFrame
 from streaming.protocol import SloSpec
 from streaming.session import OutputAudio, OutputFrame, Session, SessionClosed, SessionEvent
-from streaming.webrtc.codecs import check_offer, configure_encoder_bounds
+from streaming.webrtc.codecs import configure_encoder_bounds
 from streaming.webrtc.ingest import AudioIngest, VideoIngest, drain
 from streaming.webrtc.jitter import release_frames_on_marker
+from streaming.webrtc.offer import bad_sdp, check_offer
 from streaming.webrtc.output import GeneratedAudioTrack, GeneratedVideoTrack
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 30.0   # an answered offer whose peer never connects is given up after this
+CONNECT_TIMEOUT_S = 30.0   # an answered offer whose peer never connects is given up after this (the default)
 SENDING = ("sendrecv", "recvonly")  # offer directions under which the remote side receives
 RECEIVING = ("sendrecv", "sendonly")
 
@@ -45,9 +46,12 @@ def new_peer_connection() -> RTCPeerConnection:
 
 
 class SessionPeer:
-    def __init__(self, role: str, *, receive: bool, send: bool, codec_pool: Executor, max_frame_size: tuple[int, int]):
+    def __init__(self, role: str, *, receive: bool, send: bool, codec_pool: Executor, max_frame_size: tuple[int, int],
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, owner: str | None = None):
         self.id = secrets.token_hex(8)
         self.role = role                      # "webrtc", "whip" or "whep": for logs and listings
+        self.owner = owner                    # the short-lived token that made it: sessions it starts count against it
+        self.connect_timeout_s = connect_timeout_s
         self.pc = new_peer_connection()
         self.session: Session | None = None
         self.streams_session = False          # bound as the session's stream (counts its output) or as a watcher
@@ -72,7 +76,8 @@ class SessionPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the remote offer and return our complete answer (aiortc gathers every
-        candidate first: no trickle). ValueError/UnsupportedOffer when the offer is unusable."""
+        candidate first: no trickle). StreamError (bad_sdp, unsupported_format) when the offer
+        is unusable; the caller closes the peer then."""
         offer = check_offer(offer_sdp)
         if self._send:
             kinds = {media.kind for media in offer.media if media.direction in SENDING}
@@ -81,11 +86,15 @@ class SessionPeer:
                 self.video_out = GeneratedVideoTrack(slo.target_fps, slo.latency_budget_ms / 1000, self._frame_sent, self._frame_dropped)
             if "audio" in kinds:
                 self.audio_out = GeneratedAudioTrack()
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        for track in (self.video_out, self.audio_out):
-            if track is not None:
-                self.pc.addTrack(track)
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            for track in (self.video_out, self.audio_out):
+                if track is not None:
+                    self.pc.addTrack(track)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as err:  # noqa: BLE001 - check_offer passed it, yet aiortc refused: still the offer's fault
+            log.warning("%s peer %s: aiortc refused a checked offer: %s: %s", self.role, self.id, type(err).__name__, err)
+            raise bad_sdp(f"the offer could not be applied ({type(err).__name__}: {err})") from None
         self._spawn(self._give_up_unless_connected())
         return self.pc.localDescription.sdp
 
@@ -105,7 +114,7 @@ class SessionPeer:
 
     async def _give_up_unless_connected(self) -> None:
         try:
-            await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(self.connected.wait(), self.connect_timeout_s)
         except asyncio.TimeoutError:
             log.info("%s peer %s never connected; closing it", self.role, self.id)
             await self.close()
@@ -157,9 +166,12 @@ class SessionPeer:
                 self._spawn(self.close())
 
     def _frame_sent(self, frame: VideoFrame, pts: int) -> None:
-        if self.streams_session and self.session is not None:
-            frame.stamp("sent")
-            self.session.record_sent(frame)
+        if self.session is not None:
+            if self.streams_session:
+                frame.stamp("sent")
+                self.session.record_sent(frame)
+            else:
+                self.session.record_sent_by_watcher(frame)
         if self.on_frame_sent is not None:
             self.on_frame_sent(frame, pts)
 

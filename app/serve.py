@@ -11,9 +11,10 @@ import time
 import uvicorn
 
 from app.auth import TokenRequired, is_loopback
-from app.cli import add_model_arguments, settings_from_args
+from app.cli import CliError, add_live_control_arguments, add_model_arguments, check_model_sources, settings_from_args
 from app.server import create_app
 from app.settings import Settings
+from pipelines.registry import plan_pipelines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split each pipeline that declares stages across these devices, one process each (e.g. cuda:0,cuda:1)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     add_model_arguments(parser)
+    add_live_control_arguments(parser)
 
 
 def uvicorn_config(app, settings: Settings, port: int | None = None) -> uvicorn.Config:
@@ -44,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_model_sources(plan_pipelines(settings.pipelines, settings.preset), settings)
         app = create_app(settings)
-    except (TokenRequired, ValueError) as err:  # no token for a public bind; unknown pipeline or preset
-        print(f"latentcast: {err}", file=sys.stderr)
-        return 2
+    except (TokenRequired, ValueError) as err:  # no token for a public bind; unknown pipeline or preset; OSC or MIDI that cannot start
+        raise CliError(str(err)) from None
     server = uvicorn.Server(uvicorn_config(app, settings))
     worker = app.state.context.worker
     threading.Thread(target=_announce, args=(server, app, settings), daemon=True).start()

@@ -17,10 +17,13 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.api_docs import add_api_docs
 from app.auth import AuthMiddleware, TokenAuthority, check_bind
 from app.body_limits import BodyLimitMiddleware
 from app.context import ServerContext
 from app.errors import install_error_handlers
+from app.live_control.routes import router as live_control_router
+from app.live_control.service import LiveControl
 from app.peers import router as peers_router
 from app.routes_sessions import router as sessions_router
 from app.routes_system import router as system_router
@@ -63,6 +66,7 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     if load_pipelines is None:
         plan = plan_pipelines(settings.pipelines, settings.preset)  # a bad name fails here, before binding
         load_pipelines = lambda: load_configured_pipelines(plan, settings)  # noqa: E731
+    live_control = LiveControl.open(settings)  # OSC and MIDI (off by default): a bad port or mapping file fails here
     worker = ComputeWorker(load_pipelines, warmup=settings.warmup, max_batch=settings.max_batch,
                            stage_devices=settings.stage_devices)
     metrics = ServerMetrics()
@@ -85,10 +89,11 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
             await asyncio.to_thread(worker.stop)
             context.codec_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="latentcast", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="latentcast", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,  # add_api_docs
                   description="Real-time streaming media generation. Media and control stream over the WebSocket "
                   "`/v1/stream` (protocol in docs/protocol.md); these routes manage sessions and the server.")
     app.state.context = context
+    app.state.live_control = live_control
     app.include_router(system_router)
     app.include_router(sessions_router)
     app.include_router(ws_router)
@@ -96,7 +101,9 @@ def create_app(settings: Settings, load_pipelines: Callable[[], Mapping[str, Pip
     app.include_router(webrtc_router)
     app.include_router(whip_router)
     app.include_router(whep_router)
+    app.include_router(live_control_router)  # its lifespan stops OSC and MIDI before the sessions go
     install_error_handlers(app)
+    add_api_docs(app)  # before the catch-all mount of the demo's files
     app.mount("/", StaticFiles(directory=web_root(), html=True), name="web")
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AuthMiddleware, authority=context.auth)  # outermost: nothing is read for a refused request

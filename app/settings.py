@@ -7,12 +7,16 @@ Values come from, in increasing priority: defaults, `LATENTCAST_*` environment v
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.engines.kinds import EngineChoice
 from pipelines.registry import ModelOptions
+
+if TYPE_CHECKING:  # loading it means torch: the CLI's settings stay light
+    from models.control.registry import ControlSpec
 
 
 class Settings(BaseSettings):
@@ -55,6 +59,20 @@ class Settings(BaseSettings):
     webrtc_connect_timeout_s: float = Field(30.0, gt=0, description="An answered WebRTC, WHIP or WHEP offer whose peer has not "
                                             "connected by then is given up, with what it held.")
     browser_token_ttl_s: float = Field(900.0, gt=0, description="Lifetime of the short-lived tokens given to browsers.")
+    # Creative controls of stream-diffusion (docs/control.md).
+    controlnet: list[str] | None = Field(None, description="ControlNets to load, NAME=SOURCE (hub id, folder, or random).")
+    lora: list[str] | None = Field(None, description="LoRAs to load at start, NAME=SOURCE (file, folder, hub id, or random).")
+    lora_dir: Path | None = Field(None, description="Folder of LoRA files a stream may load on request, by file name.")
+    ip_adapter: str | None = Field(None, description="IP-Adapter to load: a file, owner/repo/path on the hub, or random.")
+    # Live control (docs/live-control.md; the `live` extra): both off unless a port is given.
+    osc_port: int | None = Field(None, ge=0, le=65535, description="UDP port of the OSC listener (0 picks a free one); unset: no OSC.")
+    osc_host: str = Field("127.0.0.1", description="Address the OSC listener binds. OSC is unauthenticated: keep it local "
+                          "unless the network is yours.")
+    osc_require_session_id: bool | None = Field(
+        None, description="Take OSC only at /latentcast/session/<id>/... (the id is the secret) and answer only messages "
+        "that name a running session. Unset: required when the listener is bound off loopback.")
+    midi_port: str | None = Field(None, description="MIDI input: a port name (or a unique prefix), virtual:NAME, or tcp:HOST:PORT.")
+    midi_map: Path | None = Field(None, description="The MIDI mapping file (TOML) --midi-port needs.")
 
 
     @field_validator("engine")
@@ -62,10 +80,28 @@ class Settings(BaseSettings):
     def _known_engine(cls, value: str) -> str:
         return str(EngineChoice.parse(value))  # a misspelt engine or component fails at start, with the choices
 
+    @field_validator("controlnet", "lora")
+    @classmethod
+    def _named_sources(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or []:
+            name, _, source = entry.partition("=")
+            if not name or not source:
+                raise ValueError(f"give NAME=SOURCE, got {entry!r}")
+        return value
+
     def model_options(self, preset: str | None, model_dir: Path | None = None) -> ModelOptions:
         return ModelOptions(preset=preset, device=self.device, dtype=self.dtype, model_dir=model_dir,
                             random_weights=self.random_weights, threads=self.threads, engine=self.engine,
-                            engine_cache=self.engine_cache)
+                            engine_cache=self.engine_cache, controls=self.control_spec())
+
+    def control_spec(self) -> ControlSpec | None:
+        """What --controlnet/--lora/--lora-dir/--ip-adapter ask to load (models.control.registry.ControlSpec), or None."""
+        if not (self.controlnet or self.lora or self.lora_dir or self.ip_adapter):
+            return None
+        from models.control.registry import ControlSpec
+
+        pairs = lambda entries: dict(e.split("=", 1) for e in entries or [])  # noqa: E731
+        return ControlSpec(controlnets=pairs(self.controlnet), loras=pairs(self.lora), lora_dir=self.lora_dir, ip_adapter=self.ip_adapter)
 
 
 def load_settings(**overrides) -> Settings:

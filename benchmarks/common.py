@@ -1,11 +1,17 @@
-"""What every benchmark prints and feeds: the machine it ran on, synthetic moving pictures, and
-a device sync so GPU timings cover the work and not just its launch."""
+"""What every benchmark prints and feeds: the machine it ran on, progress while it measures, synthetic
+moving pictures, and a device sync so GPU timings cover the work and not just its launch.
+
+Rows go to stdout as soon as they are measured (line-buffered even into a file or a pipe, where
+Python would otherwise hold them until the end); progress goes to stderr, so a table redirected
+to a file stays clean and a person watching sees the run move.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -13,6 +19,14 @@ import torch
 
 from pipelines.base import Pipeline
 from pipelines.registry import ModelOptions, load_pipeline
+
+sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """What the benchmark is doing now, with the seconds since it started, on stderr."""
+    print(f"[{time.perf_counter() - _STARTED:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def machine() -> str:
@@ -51,6 +65,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, preset: str) -> None:
 
 def load_timed(pipeline: str, args: argparse.Namespace) -> tuple[Pipeline, float]:
     """The pipeline built from `add_model_arguments` flags, and the seconds that took."""
+    progress(f"loading {pipeline} ({args.preset}{', random weights' if args.random_weights else ''})")
     start = time.perf_counter()
     options = ModelOptions(args.preset, args.device, args.dtype, random_weights=args.random_weights, threads=args.threads)
     pipe = load_pipeline(pipeline, options)

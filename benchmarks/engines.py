@@ -7,8 +7,9 @@ run by StreamDiffusion 0.1.1 (the authors' PyPI release) on the same weights.
 Two tables, each a median of CPU time over rounds that alternate the contenders (so a change of
 load on a shared machine hits them alike), with the ratios taken from the same rounds:
 1. every component per engine: the UNet at a stream batch of 2 rows, the tiny VAE's encoder and
-   decoder, the text encoder, and the causal video transformer (small-video) writing into and
-   attending over its rolling KV cache;
+   decoder, the text encoder, the causal video transformer (small-video) writing into and
+   attending over its rolling KV cache, and the streaming video VAEs' steady chunk (tiny-video's
+   tiny VAE, the Wan2.1 VAE) carrying their causal state;
 2. one img2img stream (Stream Batch, t_index_list [32, 45]) per engine, and StreamDiffusion on the
    same work: our weights saved with `save_pretrained`, loaded by StreamDiffusion in a venv of its
    own (it pins diffusers 0.24), which this benchmark creates under the user cache the first time.
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine, moving_pictures
+from benchmarks.common import machine, moving_pictures, progress
 from models.engines.cache import engine_cache_dir
 from models.engines.kinds import EngineKind
 from models.loading import load_diffusion_models
@@ -90,6 +91,7 @@ def component_rows(size: int, engines: list[str], cache: Path, rounds: int) -> l
     rows = []
     with torch.no_grad():
         for name, call in calls.items():
+            progress(f"{size}²: {name}: building or loading each engine, then {rounds} rounds")
             for m in models.values():
                 call(m)  # builds the engine, or loads it from the cache
             medians = alternating({e: cpu_ms_per_call(lambda m=m: call(m), 3) for e, m in models.items()}, rounds)
@@ -130,6 +132,55 @@ def video_rows(engines: list[str], cache: Path, rounds: int) -> list[str]:
     row = _row(["256²", "video transformer (small-video, KV cache)"], medians, engines)
     print(row, flush=True)
     return [row]
+
+
+def video_vae_rows(engines: list[str], cache: Path, rounds: int) -> list[str]:
+    """The streaming video VAEs' steady chunk, one stream: encoding four pictures into one latent
+    frame, and decoding one into four, with the causal state carried from call to call; the tiny
+    VAE of tiny-video at 256², and the Wan2.1 VAE (wan-causal-1.3b's, seeded random weights: the
+    same shapes and FLOPs) at 64²."""
+    from diffusers import AutoencoderKLWan
+
+    from models.engines.video_vae import compile_video_vae
+    from models.video.loading import load_video_models
+    from models.video.presets import get_video_preset
+    from models.video.vae import WanStreamingVAE
+
+    kinds = [e for e in engines if e in ("eager", "compile")]
+    wan_config = {k: v for k, v in get_video_preset("wan-causal-1.3b").config_json("vae").items() if k != "kind"}
+
+    def wan_vae(kind: str) -> WanStreamingVAE:
+        torch.manual_seed(0)
+        vae = WanStreamingVAE(AutoencoderKLWan(**wan_config).eval().requires_grad_(False))
+        compile_video_vae(vae, f"video_vae={kind}", torch.device("cpu"), torch.float32, cache)
+        return vae
+
+    contenders = {
+        ("tiny-video", 256): lambda kind: load_video_models("tiny-video", "cpu", engine=f"eager,video_vae={kind}", engine_cache=cache).vae,
+        ("Wan2.1 VAE", 64): wan_vae,
+    }
+    rows = []
+    for (name, size), load_vae in contenders.items():
+        vaes = {e: load_vae(e) for e in kinds}
+        generator = torch.Generator().manual_seed(0)
+        first, group = (torch.rand(1, 3, n, size, size, generator=generator) * 2 - 1 for n in (1, 4))
+        with torch.no_grad():
+            latent = vaes["eager"].encode(first, vaes["eager"].new_state())
+            callers = {}
+            for e, vae in vaes.items():
+                encoded, decoded = vae.new_state(), vae.new_state()
+                vae.encode(first, encoded)  # a stream's first chunk; builds the engines
+                vae.decode(latent, decoded)
+                callers[f"{e} encoder"] = lambda vae=vae, state=encoded: vae.encode(group, state)
+                callers[f"{e} decoder"] = lambda vae=vae, state=decoded: vae.decode(latent, state)
+            for call in callers.values():
+                call()
+            medians = alternating({n: cpu_ms_per_call(call, 3) for n, call in callers.items()}, rounds)
+        for part in ("encoder", "decoder"):
+            what = "4 pictures -> 1 latent" if part == "encoder" else "1 latent -> 4 pictures"
+            rows.append(_row([f"{size}²", f"video VAE {part} ({name}, {what})"], {e: medians[f"{e} {part}"] for e in kinds}, engines))
+            print(rows[-1], flush=True)
+    return rows
 
 
 def _row(head: list[str], medians: dict[str, float], engines: list[str]) -> str:
@@ -200,6 +251,7 @@ def stream_rows(sizes: list[int], cfgs: list[str], engines: list[str], cache: Pa
         pictures = moving_pictures(size, size, frames)
         np.save(work / "frames.npy", np.stack(pictures))
         for cfg in cfgs:
+            progress(f"{size}²: a stream with cfg {cfg} on each engine")
             params = {"width": size, "height": size, "prompt": PROMPT, "t_index_list": T_INDEX_LIST, "cfg_type": cfg,
                       "guidance_scale": 1.2, "delta": 1.0, "seed": 0}
             contenders = {e: _our_stream(pipe, params, pictures) for e, pipe in pipes.items()}
@@ -247,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-venv", type=Path, default=engine_cache_dir().parent / "peers" / "streamdiffusion-0.1.1")
     parser.add_argument("--engine-cache", type=Path, default=engine_cache_dir())
     parser.add_argument("--no-components", action="store_true", help="only the stream table")
+    parser.add_argument("--video-vae-only", action="store_true", help="only the video VAE rows of the component table")
     args = parser.parse_args(argv)
     engines = args.engines.split(",")
     if engines[0] != EngineKind.EAGER.value:
@@ -260,10 +313,15 @@ def main(argv: list[str] | None = None) -> None:
         print("| size | component | " + " | ".join(f"{e} ms" for e in engines) + " | " +
               " | ".join(f"{e} vs eager" for e in others) + " | load |")
         print("|" + "---|" * (3 + len(engines) + len(others)))
-        for size in sizes:
-            component_rows(size, engines, args.engine_cache, args.rounds)
-        video_rows(engines, args.engine_cache, args.rounds)
+        if not args.video_vae_only:
+            for size in sizes:
+                component_rows(size, engines, args.engine_cache, args.rounds)
+            video_rows(engines, args.engine_cache, args.rounds)
+        video_vae_rows(engines, args.engine_cache, args.rounds)
         print()
+        if args.video_vae_only:
+            print(f"# load average {load()} at the end", flush=True)
+            return
 
     with tempfile.TemporaryDirectory(prefix="latentcast-engines-") as work:
         peer = None

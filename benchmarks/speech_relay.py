@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import machine, progress
 from models.speech.stimuli import noise
 from streaming.client import StreamClient
 
@@ -252,6 +252,7 @@ async def run(url: str, turns: int, seed: int, params: dict) -> tuple[dict[str, 
             await talker.__aenter__()
         for index in range(turns):
             for mode, talker in talkers.items():
+                progress(f"turn {index + 1}/{turns}, {mode}")
                 clip = clips[(index + seed) % len(clips)]
                 turn = await one_turn(talker, clip)
                 turn["question"], turn["correct"] = clip.text, correct(clip.text, turn["record"].get("reply"))

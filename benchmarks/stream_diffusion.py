@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, sync
+from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, progress, sync
 from pipelines.stream_diffusion.reference import denoise_sequential
 from streaming.frames import VideoFrame
 
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     configs = [(mode, steps) for mode in ("img2img", "txt2img") for steps in SCHEDULES]
     runs: dict[tuple[str, int], list[tuple[float, float]]] = {c: [] for c in configs}
-    for _ in range(args.rounds):  # every configuration once per round, so load changes spread evenly
+    for round_ in range(args.rounds):  # every configuration once per round, so load changes spread evenly
         for mode, steps in configs:
+            progress(f"round {round_ + 1}/{args.rounds}: {mode}, {steps} steps")
             params = {**base, "mode": mode, "t_index_list": SCHEDULES[steps]}
             runs[mode, steps].append(time_stream(pipe, params, frames, warmup=steps + 1))
     for (mode, steps), samples in runs.items():

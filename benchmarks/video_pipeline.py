@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, sync
+from benchmarks.common import add_model_arguments, load_timed, machine, moving_pictures, progress, sync
 from pipelines.rolling_kv.reference import generate_sequential
 from streaming.frames import VideoFrame
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in ("img2img", "txt2img"):
             for kv_mode in MODES:
                 for steps in args.steps:
+                    progress(f"{height}x{width}: {mode}, {kv_mode}, {steps} steps")
                     r = time_stream(pipe, {**base, "mode": mode, "kv_mode": kv_mode, "steps": steps}, pictures, args.chunks)
                     print(f"| {'video' if mode == 'img2img' else 'text'} | {kv_mode} | {steps} | {r['fps']:.1f} | "
                           f"{r['ttff'] * 1e3:.0f} | {r['latency'] * 1e3:.0f} | {r['memory']:.2f} |")
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n| steps | stream batch ms/chunk | sequential ms/chunk | speed-up |")
         print("|---|---|---|---|")
         for steps in [s for s in args.steps if s > 1]:
+            progress(f"{height}x{width}: stream batch against sequential, {steps} steps")
             params = {**base, "mode": "img2img", "steps": steps}
             batched = 4 / time_stream(pipe, params, pictures, args.chunks)["fps"]
             sequential = time_sequential(pipe, params, pictures, args.chunks)
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|")
         params = {**base, "mode": "img2img", "steps": 2}
         for count in (1, 2, 4):
+            progress(f"{height}x{width}: {count} streams batched and apart")
             batched = time_streams(pipe, params, pictures, count, True, args.chunks)
             apart = time_streams(pipe, params, pictures, count, False, args.chunks)
             print(f"| {count} | {batched * 1e3:.0f} | {apart * 1e3:.0f} | {apart / batched:.2f}x |")

@@ -9,11 +9,12 @@ Runtime), so neither the pipeline nor these methods' callers know which one runs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from models.control.registry import ControlModels
 from models.engines.diffusion_parts import DiffusionEngines
 from models.presets import DiffusionPreset
 from models.source import ModelSource
@@ -40,6 +41,14 @@ class PromptEmbeds:
         return PromptEmbeds(torch.cat([p.hidden for p in parts]), pooled)
 
 
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent cell: the patch size of a PatchAutoencoder, else 2 per upsampling stage
+    of the decoder."""
+    if "patch_size" in vae.config:
+        return int(vae.config.patch_size)
+    return 2 ** (len(vae.config.decoder_block_out_channels) - 1)
+
+
 @dataclass
 class DiffusionModels:
     """Weights shared by every stream of a pipeline. Nothing per-stream is stored here."""
@@ -57,6 +66,8 @@ class DiffusionModels:
     """How to load the same weights elsewhere (a stage process on another device)."""
     engines: DiffusionEngines
     """What runs each model call: the UNet, the VAE's encoder and decoder, each text encoder."""
+    controls: ControlModels = field(default_factory=ControlModels)
+    """ControlNets, IP-Adapter and LoRAs loaded beside the UNet (models/control, docs/control.md)."""
 
     @property
     def latent_channels(self) -> int:
@@ -64,11 +75,7 @@ class DiffusionModels:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell: the patch size of a PatchAutoencoder, else 2 per upsampling
-        stage of the decoder."""
-        if "patch_size" in self.vae.config:
-            return int(self.vae.config.patch_size)
-        return 2 ** (len(self.vae.config.decoder_block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> PromptEmbeds:

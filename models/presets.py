@@ -39,6 +39,11 @@ class DiffusionPreset:
     """LCM's c_skip/c_out around the x0 estimate; turbo models were distilled without it."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Pipeline parameter defaults for this model (see pipelines/stream_diffusion/params.py)."""
+    styles: tuple[str, ...] = ()
+    """A model that knows a fixed set of styles: the prompts that work, best first (the demo's style picker).
+    Empty: any prompt goes."""
+    from_text: bool = True
+    """Whether the model generates from a prompt alone (txt2img); the style model only restyles an input."""
 
     @property
     def built_in(self) -> bool:
@@ -96,6 +101,9 @@ PRESETS: dict[str, DiffusionPreset] = {
             autoencoder="patch",
             boundary_condition="none",
             defaults=STYLE_DEFAULTS,
+            # Measured on held-out photos (docs/style-model.md); pixel art is trained but gives blur, so it is left out.
+            styles=("pencil sketch", "thermal camera", "neon edges", "watercolor", "oil painting"),
+            from_text=False,
         ),
         DiffusionPreset(
             name="sd-turbo",

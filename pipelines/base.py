@@ -272,6 +272,23 @@ class Pipeline(ABC, Generic[State]):
             raise ParamError(f"pipeline {self.name!r} needs an input video")
         return dict(given)
 
+    def prompt_notes(self, params: Any) -> list[str]:
+        """Warnings, in plain words, about what the model will not do with these parameters (a prompt
+        outside its vocabulary, generating from a prompt on a model that only restyles): the demo shows
+        them, `started` and `ack` carry them, render prints them. None by default."""
+        return []
+
+    def styles(self) -> list[str]:
+        """Prompts known to work on this pipeline's model, best first (the demo's style picker, with a
+        thumbnail of each); empty when any prompt goes."""
+        return []
+
+    def stream_pictures(self, state: State) -> dict[str, Any]:
+        """Pictures the pipeline shows beside a stream's output, by name ((H, W, 3) uint8 RGB arrays):
+        stream-diffusion's control images (`control-0`, ...). Served by GET /v1/sessions/{id}/pictures/{name};
+        read off the worker thread, so a pipeline replaces what it keeps here, never mutates it."""
+        return {}
+
     def stream_stats(self, state: State) -> dict[str, Any]:
         """Sections of the pipeline's own for a stream's stats message (e.g. {"speech": {...}}).
         Read off the worker thread: keep what it reads behind the pipeline's own lock."""

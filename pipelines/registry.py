@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.base import Pipeline
+
+if TYPE_CHECKING:  # the registry stays importable without torch (the CLI's settings import it)
+    from models.control.registry import ControlSpec
 
 
 class UnknownPipelineError(ValueError):
@@ -31,6 +35,8 @@ class ModelOptions:
     `onnx`, `tensorrt`, or per component (`unet=compile,vae=eager`)."""
     engine_cache: Path | None = None
     """Where built engines are kept; None: $LATENTCAST_ENGINE_CACHE, else ~/.cache/latentcast/engines."""
+    controls: ControlSpec | None = None
+    """ControlNets, IP-Adapter and LoRAs loaded beside a diffusion model (docs/control.md)."""
 
 
 def _passthrough(options: ModelOptions) -> Pipeline:
@@ -45,7 +51,7 @@ def _stream_diffusion(options: ModelOptions) -> Pipeline:
 
     models = load_diffusion_models(
         options.preset or DEFAULT_PRESETS["stream-diffusion"], options.device, options.dtype, options.model_dir, options.random_weights,
-        engine=options.engine, engine_cache=options.engine_cache,
+        engine=options.engine, engine_cache=options.engine_cache, controls=options.controls,
     )
     return StreamDiffusionPipeline(models)
 

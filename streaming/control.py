@@ -144,7 +144,7 @@ class ControlProtocol:
         await self.send_json({"type": "started", "request_id": message.request_id, "session_id": session.id,
                               "pipeline": session.pipeline_name, "kind": session.pipeline.kind.value,
                               "needs_input": info.needs_input, "params": info.params, "slo": info.slo.model_dump(),
-                              "slo_estimate": session.admitted_estimate, **extra})
+                              "slo_estimate": session.admitted_estimate, "notes": info.notes, **extra})
 
     def _queued_reporter(self, request_id: str | None) -> QueuedCallback:
         async def report(position: int, reason: str) -> None:

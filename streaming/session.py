@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipelines.base import Pipeline, PipelineKind, PipelineState
+from streaming.audio_delay import AudioDelayLine
 from streaming.consistency import ConsistencyMeter
 from streaming.errors import StreamError
 from streaming.frames import AudioChunk, VideoFrame
@@ -101,11 +102,14 @@ class Session:
         self.slo = slo
         self.metrics = metrics
         self.video_in: LatestSlot[VideoFrame] = LatestSlot()
-        self.audio_in = AudioFifo(audio_buffer_s)
+        self.audio_in = AudioFifo(audio_buffer_s)   # audio a pipeline takes (audio-to-audio)
         self.stats = SessionStats(slo.latency_budget_ms / 1000)
         self.stats.extra = self._pipeline_stats
+        # Audio beside a video stream: back out with the generated video, never through the worker.
+        self.audio_delay: AudioDelayLine | None = None
         if pipeline.kind is not PipelineKind.AUDIO_TO_AUDIO:
             self.stats.consistency = ConsistencyMeter()
+            self.audio_delay = AudioDelayLine(lambda chunk: self.emit(OutputAudio(chunk)), self.stats.latency_median_s, audio_buffer_s)
         self.created_wall = time.time()
         self.last_activity = time.monotonic()
         self.sink: Callable[[SessionEvent], None] | None = None  # set by the transport streaming it
@@ -212,16 +216,18 @@ class Session:
         self.metrics.dropped_stale.inc()
 
     def push_audio(self, chunk: AudioChunk) -> None:
-        """Queue audio in order; StreamError(audio_overflow) when the buffer is full."""
+        """Queue audio in order, for the pipeline or (a video stream) to go back out with the video;
+        StreamError(audio_overflow) when the buffer is full."""
         chunk.stream_id = self.id
         chunk.stamp("queued")
         try:
-            self.audio_in.put(chunk)
+            (self.audio_in if self.audio_delay is None else self.audio_delay).put(chunk)
         except StreamError:
             self.stats.count(StatCount.AUDIO_REFUSED)
             raise
         self.stats.count(StatCount.AUDIO_CHUNKS_IN)
-        self._wake()
+        if self.audio_delay is None:
+            self._wake()
 
     # --- worker side ---------------------------------------------------------------------
 

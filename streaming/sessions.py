@@ -57,6 +57,8 @@ class SessionInfo(BaseModel):
     slo: SloSpec
     streaming: bool = Field(description="A stream connection is attached and carries its media.")
     created_at: float = Field(description="Unix time of creation.")
+    notes: list[str] = Field(default_factory=list, description="What the model will not do with these parameters, in plain "
+                             "words (a prompt outside its vocabulary, txt2img on a model that only restyles); empty when nothing.")
 
 
 class UpdateReport(BaseModel):
@@ -71,6 +73,8 @@ class UpdateReport(BaseModel):
     params: dict[str, Any] = Field(description="The full parameter set now in force.")
     needs_input: bool = Field(description="The stream advances on input frames (false: on its own clock, generating).")
     slo: SloSpec
+    notes: list[str] = Field(default_factory=list, description="What the model will not do with these parameters, in plain "
+                             "words (a prompt outside its vocabulary, txt2img on a model that only restyles); empty when nothing.")
 
 
 class SessionManager:
@@ -283,6 +287,7 @@ class SessionManager:
             params=(result.params if result else session.params).model_dump(mode="json"),
             needs_input=pipeline.needs_input(result.params) if result else session.needs_input,
             slo=session.slo,
+            notes=pipeline.prompt_notes(result.params if result else session.params),
         )
 
     def close(self, session_id: str, reason: str | None = None, message: str = "") -> bool:
@@ -296,6 +301,8 @@ class SessionManager:
         session.closed = True
         session.video_in.take()
         session.audio_in.drain()
+        if session.audio_delay is not None:
+            session.audio_delay.close()
         self.worker.detach(session_id)
         self.metrics.sessions_active.set(len(self.sessions))
         self._wake_queue()
@@ -343,7 +350,7 @@ class SessionManager:
         params = session.params
         return SessionInfo(id=session.id, pipeline=session.pipeline_name, params=params.model_dump(mode="json"),
                            needs_input=session.pipeline.needs_input(params), slo=session.slo, streaming=session.sink is not None,
-                           created_at=session.created_wall)
+                           created_at=session.created_wall, notes=session.pipeline.prompt_notes(params))
 
     def samples(self) -> list[SessionSample]:
         return [SessionSample(s.id, s.pipeline_name, s.stats.snapshot()) for s in list(self.sessions.values())]

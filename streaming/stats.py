@@ -18,7 +18,8 @@ from streaming.consistency import ConsistencyMeter
 from streaming.frames import VideoFrame
 
 _WINDOW = 512          # frames kept for percentiles
-_RATE_WINDOW_S = 2.0   # seconds over which fps is measured
+_RATE_WINDOW_S = 2.0   # seconds over which fps is measured...
+_RATE_SLOW_SPAN_S = 10.0  # ...or the last two events, when they are further apart (0.4 fps reads 0.4, not 0)
 
 
 def _ms_percentiles(values: deque[float], quantiles: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -29,7 +30,8 @@ def _ms_percentiles(values: deque[float], quantiles: tuple[int, ...] = (50, 95, 
 
 
 class _Rate:
-    """Events per second over the last couple of seconds."""
+    """Events per second over the last couple of seconds, or over the last two events when they are
+    further apart; the rate decays once events stop coming."""
 
     def __init__(self) -> None:
         self._times: deque[float] = deque()
@@ -42,10 +44,13 @@ class _Rate:
         self._trim(now)
         if len(self._times) < 2:
             return 0.0
-        return (len(self._times) - 1) / max(now - self._times[0], 1e-6)
+        span = max(self._times[-1] - self._times[0], now - self._times[-1])
+        return (len(self._times) - 1) / max(span, 1e-6)
 
     def _trim(self, now: float) -> None:
-        while self._times and now - self._times[0] > _RATE_WINDOW_S:
+        while len(self._times) > 2 and now - self._times[0] > _RATE_WINDOW_S:
+            self._times.popleft()
+        while self._times and now - self._times[0] > _RATE_SLOW_SPAN_S:
             self._times.popleft()
 
 
@@ -113,6 +118,11 @@ class SessionStats:
             if latency > self.latency_budget_s:
                 self.deadline_misses += 1
             return latency
+
+    def latency_median_s(self) -> float:
+        """How far the output is behind its input (received to sent, median of the window); 0 before any output."""
+        with self._lock:
+            return float(np.median(self._latency)) if self._latency else 0.0
 
     def input_fps(self, now: float) -> float:
         with self._lock:

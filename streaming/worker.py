@@ -129,7 +129,10 @@ class ComputeWorker:
             for engine in engines:  # from now on a shape without an engine runs eager while it is built: no stream stalls
                 engine.build_policy = BuildPolicy.BACKGROUND
         except BaseException as err:  # reported through /health and `serve`
-            log.exception("loading the pipelines failed")
+            if isinstance(err, ValueError):  # the loaders' own messages (missing weights, no network) say it all
+                log.error("loading the pipelines failed: %s", err)
+            else:
+                log.exception("loading the pipelines failed")
             self.failed = err
             self._close_stages()
             self.finished_loading.set()
@@ -159,7 +162,6 @@ class ComputeWorker:
 
     def _tick(self) -> TickPlan:
         self._run_commands()
-        self._forward_audio()
         now = time.monotonic()
         if now >= self._next_quality_check:
             self._next_quality_check = now + QUALITY_EVERY_S
@@ -198,14 +200,6 @@ class ComputeWorker:
                 if is_out_of_memory(err):  # building a stream's state: the caller refuses the session
                     release_after_out_of_memory(err)
                 future.set_exception(err)
-
-    def _forward_audio(self) -> None:
-        # Audio a pipeline does not consume is kept and returned in order, like the render path.
-        for session in self._sessions.values():
-            if session.pipeline.kind is PipelineKind.AUDIO_TO_AUDIO:
-                continue  # its step takes the audio
-            for chunk in session.audio_in.drain():
-                session.emit(OutputAudio(chunk))
 
     # --- quality ---------------------------------------------------------------------------
 

@@ -35,12 +35,13 @@ def playwright_disabled_features() -> list[str]:
     return re.findall(r'"(\w+)"', match.group(1)) if match else []
 
 
-def launch_chromium(playwright, *fake_media: str):
+def launch_chromium(playwright, *fake_media: str, allow_media: bool = True):
     """Headless Chromium with fake media devices (their files as `--use-file-for-fake-…-capture=PATH` in
-    `fake_media`), its WebRTC and name lookups kept on loopback (127.0.0.*: a local cluster's nodes are .2, .3)."""
+    `fake_media`), its WebRTC and name lookups kept on loopback (127.0.0.*: a local cluster's nodes are .2, .3).
+    `allow_media=False`: the camera and microphone prompts are not answered yes (a user who denies them)."""
     features = ",".join([*playwright_disabled_features(), "WebRtcHideLocalIpsWithMdns"])
     return playwright.chromium.launch(executable_path=chromium_executable(), headless=True, args=[
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--no-sandbox", "--disable-gpu", *(["--use-fake-ui-for-media-stream"] if allow_media else []), "--use-fake-device-for-media-stream",
         *fake_media, "--disable-background-networking", "--disable-component-update",
         "--allow-loopback-in-peer-connection", f"--disable-features={features}",
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.*",
@@ -48,11 +49,14 @@ def launch_chromium(playwright, *fake_media: str):
 
 
 def open_page(browser, url: str):
-    """A new page at `url`, and the list its console errors and uncaught exceptions go to."""
+    """A new page at `url`, and the list its console errors, uncaught exceptions and failed
+    responses go to (a failed response's console line does not say which URL failed: this does)."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("response", lambda response: errors.append(f"{response.status} {response.request.method} {response.url}")
+            if response.status >= 400 else None)
     page.goto(url)
     return page, errors
 

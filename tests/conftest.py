@@ -8,6 +8,10 @@ import os
 # torch's OpenMP threads spin against the server threads (and any other process) and tiny
 # models then run many times slower. Set before torch is imported anywhere.
 os.environ["OMP_NUM_THREADS"] = "1"
+# Servers and renders in the suite run eager PyTorch unless a test picks an engine: the CPU's
+# default (ONNX Runtime) exports each new picture size once, 10-20 s here, and the engines have
+# their own tests (test_engines.py, test_video_vae_engine.py, test_lora.py) that choose them.
+os.environ.setdefault("LATENTCAST_ENGINE", "eager")
 
 import threading
 import time

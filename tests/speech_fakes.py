@@ -215,9 +215,9 @@ class RecordingVoice:
 
 
 def fake_models(verifier_p: float = 0.9, asr: ScriptedAsr | None = None, chat: ScriptedChat | None = None,
-                turn: FixedTurnModel | None = None) -> SpeechModels:
+                turn: FixedTurnModel | None = None, responder: ScriptedChat | None = None) -> SpeechModels:
     chat = chat or ScriptedChat()
-    return SpeechModels(vad=LoudnessVad(), asr=asr or ScriptedAsr(), drafter=chat, responder=chat,
+    return SpeechModels(vad=LoudnessVad(), asr=asr or ScriptedAsr(), drafter=chat, responder=responder or chat,
                         verifier=FixedVerifier(verifier_p), turn=turn, voices={"fake": RecordingVoice()}, default_voice="fake")
 
 

@@ -154,6 +154,9 @@ async def test_rest_whip_and_whep_send_clients_to_the_sessions_worker(cluster):
         # The front door's URLs carry a short-lived token (redirects drop Authorization): the worker takes it.
         there = await http.get(one.headers["location"], headers={"Authorization": ""})
         assert there.status_code == 200 and there.json()["id"] == session["id"], there.text
+        for method, route in [("GET", "stats"), ("PUT", "images/image_prompt"), ("GET", "pictures/control-0"), ("GET", "osc")]:
+            sub = await http.request(method, f"/v1/sessions/{session['id']}/{route}", content=b"x")
+            assert sub.status_code == 307 and without_query(sub.headers["location"]) == f"{worker['url']}/v1/sessions/{session['id']}/{route}"
         whip = await http.post("/v1/whip?pipeline=passthrough&target_fps=10", content=b"v=0\r\n", headers={"Content-Type": "application/sdp"})
         assert whip.status_code == 307, whip.text
         assert re.fullmatch(r"http://127\.0\.0\.[23]:\d+/v1/whip\?pipeline=passthrough&target_fps=10&token=lc1\.\S+", whip.headers["location"])

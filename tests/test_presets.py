@@ -101,19 +101,19 @@ def test_lora_is_fused_into_the_unet_weights(tmp_path):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    models = load_diffusion_models("tiny")
-    unet = models.unet
+    trained = load_diffusion_models("tiny").unet  # the LoRA is made on one UNet, fused into another
+    trained.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q"], init_lora_weights=False))
+    lora = {k: v.clone() for k, v in get_peft_model_state_dict(trained).items()}
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=lora, unet_lora_adapter_metadata=trained.peft_config["default"].to_dict())
+
+    unet = load_diffusion_models("tiny").unet
     target = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     before = unet.get_submodule(target).weight.clone()
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q"], init_lora_weights=False))
-    lora = {k: v.clone() for k, v in get_peft_model_state_dict(unet).items()}
-    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=lora)
-    unet.delete_adapters("default")
-
     fuse_lora(unet, str(tmp_path))
     down = next(v for k, v in lora.items() if k.startswith(target) and "lora_A" in k)
     up = next(v for k, v in lora.items() if k.startswith(target) and "lora_B" in k)
-    assert torch.allclose(unet.get_submodule(target).weight, before + up @ down, atol=1e-6)
+    # alpha / rank = 2, read from the metadata saved with the file.
+    assert torch.allclose(unet.get_submodule(target).weight, before + 2 * up @ down, atol=1e-6)
     assert not any("lora" in name for name, _ in unet.named_parameters())  # merged, no adapter left
 
 
@@ -122,5 +122,5 @@ def test_hub_presets_without_network_say_how_to_get_the_weights(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     code = "from models.loading import load_diffusion_models as l\ntry:\n l('sd-turbo')\nexcept ValueError as e: print(e)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "could not load preset 'sd-turbo'" in out.stdout
-    assert "--model-dir" in out.stdout and "--random-weights" in out.stdout
+    assert "preset 'sd-turbo' needs stabilityai/sd-turbo, madebyollin/taesd" in out.stdout and "HF_HUB_OFFLINE is set" in out.stdout
+    assert "--model-dir" in out.stdout and "--random-weights" in out.stdout and "style" in out.stdout

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app import serve
+from app import cli
 from app.auth import TokenAuthority, TokenRequired
 from app.server import create_app
 from pipelines.passthrough import PassthroughPipeline
@@ -20,13 +18,12 @@ TOKEN = "s3cret-token"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
-def test_refuses_to_bind_beyond_loopback_without_a_token(host, monkeypatch):
+def test_refuses_to_bind_beyond_loopback_without_a_token(host, monkeypatch, capsys):
     monkeypatch.delenv("LATENTCAST_API_TOKEN", raising=False)
     with pytest.raises(TokenRequired, match="LATENTCAST_API_TOKEN"):
         create_app(make_settings(host=host))
-    parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
-    assert serve.run(parser.parse_args(["--host", host, "--port", "0"])) == 2
+    assert cli.main(["serve", "--preset", "tiny", "--host", host, "--port", "0"]) == 2
+    assert capsys.readouterr().err.startswith(f"latentcast serve: error: refusing to bind {host}: set LATENTCAST_API_TOKEN")
     create_app(make_settings(host=host, api_token=TOKEN))  # with a token it may
 
 

@@ -59,15 +59,34 @@ def test_discarded_draft_is_never_voiced_and_the_slow_path_answers_from_the_same
     talk.play(speech(1.5))
     talk.wait(3.0)
     record = talk.turn_stats.records()[-1]
-    assert record.kept is False and record.draft == "The capital" and record.prefix == ""
-    (messages, prefix), = talk.models.drafter.responses
-    assert prefix == ""
-    # The draft was never voiced: every clause spoken is the slow path's, the first as short as a draft.
+    # The draft was discarded; the slow path's own first clause (here the same words: one model)
+    # was made at the pause instead and is what the answer continues from.
+    assert record.kept is False and record.draft == "The capital" and record.prefix == "The capital"
+    (messages, opening_prefix), (continued_messages, prefix) = talk.models.drafter.responses
+    assert opening_prefix == "" and prefix == "The capital" and continued_messages == messages
     assert talk.voice.spoken == ["The capital", "of France is Paris.", "It is a big city."]
+    assert record.reply.split() == ANSWER.split()
     # One transcript for the turn, the greedy one made at the pause: no second (beam) pass.
     assert messages[-1]["content"] == "what is the capital of france" == record.final_transcript
     critical = [name for priority, name in talk.lanes.asr.calls if priority is Priority.CRITICAL]
     assert len(critical) == 1 and all(beam == 1 for _, beam in asr.calls)
+
+
+def test_a_discarded_draft_gives_way_to_the_slow_models_opening_ready_at_the_decision():
+    drafter = ScriptedChat(answer="Paris is lovely in spring.")
+    responder = ScriptedChat(answer="The capital of France is Paris, on the Seine.")
+    talk = Conversation(fake_models(verifier_p=0.2, chat=drafter, responder=responder), verifier_threshold=0.5, end_of_turn_s=0.5)
+    talk.wait(0.3)
+    talk.play(speech(1.0))
+    talk.wait(2.5)
+    record = talk.turn_stats.records()[-1]
+    assert record.kept is False and record.draft == "Paris is" and record.prefix == "The capital"
+    # The drafter's words are never spoken; the slow model's opening plays on the decision's tick,
+    # as a kept draft would (jobs are instant here), and its continuation follows it.
+    assert talk.voice.spoken[0] == "The capital" and "Paris is" not in talk.voice.spoken
+    assert 0 <= record.decision_to_first_audio <= 0.021
+    assert [prefix for _, prefix in responder.responses] == ["", "The capital"]
+    assert record.reply.split() == "The capital of France is Paris, on the Seine.".split()
 
 
 def test_cascaded_mode_never_drafts():

@@ -1,7 +1,9 @@
 // latentcast browser demo: camera or screen -> WebRTC (or, as a fallback, the WebSocket API) ->
 // generated video beside it. `?transport=websocket` picks the socket from the start. With an
 // audio-to-audio pipeline the page is a talk client instead: microphone -> WebRTC -> the spoken
-// answer plays back, and the conversation is listed turn by turn.
+// answer plays back, and the conversation is listed turn by turn. Around the video: a style picker
+// (thumbnails rendered by the model itself), the model's notes on the prompt, a note when this machine
+// cannot make the frame rate asked, the last frames kept after Stop, snapshot, recording and full screen.
 import { buildControls } from "./controls.js";
 import { FLAG_REUSED, FORMAT, KIND, MIME, PROTOCOL_VERSION, packMedia, unpackMedia } from "./protocol.js";
 import { openWebRtc } from "./webrtc.js";
@@ -13,12 +15,26 @@ const MAX_SIDE = 640;         // captured frames are scaled down to this when th
 const HAS_WEBRTC = "RTCPeerConnection" in window;
 const LISTENING = "listening: ask something, then pause";
 const TALK_NEEDS_WEBRTC = "talking needs WebRTC, which this browser does not have (this page sends no audio over the WebSocket)";
+const FPS_WINDOW_MS = 2000;   // output rate over the last two seconds...
+const FPS_SLOW_SPAN_MS = 10000; // ...or over the last two frames when slower, up to ten seconds apart
+const SPEED_GRACE_S = 3;      // the pipe fills and the first frames are slow: judge the rate after this
+const SPEED_SHORTFALL = 0.8;  // below this share of the rate asked (or of the input's, if lower), say so
+const CAPTURE_HINTS = {
+  NotAllowedError: "The browser blocked the camera for this page. Allow it (the camera icon in the address bar, or the "
+    + "site's settings), then press Start again; or pick the source “screen” or “none (txt2img)”.",
+  NotFoundError: "No camera was found. Plug one in and press Start again, or pick the source “screen” or “none (txt2img)”.",
+  NotReadableError: "The camera is in use by another application. Close it there and press Start again.",
+};
 
 // Everything a person or a test wants to know about the stream, in one place.
 const demo = (window.latentcast = {
   status: "idle", transport: null, peer: null, sessionId: null, framesSent: 0, framesReceived: 0, reused: 0,
   acks: [], errors: [], lastAck: null, stats: null, latencyMs: [], quality: [],
   turns: [],                 // finished spoken turns of the session, as the server records them (docs/speech.md)
+  notes: [],                 // the model's notes on the parameters in force (a prompt outside its vocabulary ...)
+  sloEstimate: null,         // what the scheduler forecast for this stream at admission (fps, latency, meets_slo)
+  speedNote: null,           // shown when this machine cannot make the frame rate asked
+  fpsOut: null, snapshots: 0, recording: null, recordings: [], captureHint: null,
 });
 
 let pipelines = [];
@@ -36,6 +52,9 @@ let frontDoor = false;     // the page comes from a cluster's front door (docs/c
 let nextRequest = 0;
 const pendingUpdates = new Map(); // request id -> field name
 const outputTimes = [];
+const frameInfo = new Map(); // WebRTC: RTP pts of a generated frame -> its input's pts (the server's `frame` messages)
+let firstRtpTimestamp = null;
+let recorder = null;
 
 async function api(path, options = {}) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
@@ -54,6 +73,8 @@ function setStatus(status, detail = "") {
   $("stop").disabled = !live;
   // What the stream is made of stays as it started: a talk session must not turn into a video page.
   for (const id of ["source", "transport", "microphone", "pipeline"]) $(id).disabled = live;
+  $("snapshot").disabled = !demo.framesReceived && status !== "streaming";
+  if (!recorder) $("record").disabled = status !== "streaming";
   $("talk-state").textContent = status === "streaming" ? LISTENING : "press Start, allow the microphone, then ask something";
 }
 
@@ -70,7 +91,48 @@ function showPipeline(name) {
   params = { ...pipeline.defaults };
   changed = {};
   controls = buildControls($("params"), pipeline.params_schema, pipeline.defaults, onParamChange);
+  showStyles(pipeline.styles ?? []);
+  showNotes([]);
   showKind(pipeline.kind === "audio-to-audio");
+}
+
+// The styles a model knows, each as its thumbnail (the model's own output on one sample picture):
+// a click makes it the prompt, at once while streaming.
+function showStyles(styles) {
+  $("styles").hidden = !styles.length;
+  $("style-list").replaceChildren(...styles.map(({ prompt, thumbnail }) => {
+    const button = Object.assign(document.createElement("button"), { type: "button", className: "style", title: prompt });
+    button.dataset.prompt = prompt;
+    const image = Object.assign(document.createElement("img"), { src: withToken(thumbnail), alt: prompt, width: 64, height: 64 });
+    button.append(image, Object.assign(document.createElement("span"), { textContent: prompt }));
+    button.addEventListener("click", () => pickStyle(prompt));
+    return button;
+  }));
+  markStyle(params.prompt);
+}
+
+function pickStyle(prompt) {
+  controls.setValues({ prompt });
+  onParamChange("prompt", prompt);
+  markStyle(prompt);
+}
+
+function markStyle(prompt) {
+  for (const button of $("style-list").children) button.classList.toggle("chosen", button.dataset.prompt === prompt);
+}
+
+function withToken(path) {
+  if (!token) return path;
+  const url = new URL(path, location.href);
+  url.searchParams.set("token", token);
+  return url.href;
+}
+
+// What the model will not do with these parameters, in its own words (started / ack / session info).
+function showNotes(notes) {
+  demo.notes = notes ?? [];
+  $("notes").replaceChildren(...demo.notes.map((note) => Object.assign(document.createElement("li"), { textContent: note })));
+  $("notes").hidden = !demo.notes.length;
 }
 
 // An audio pipeline is talked to: the microphone is the source, over WebRTC (the page sends no
@@ -100,6 +162,7 @@ function showKind(audio) {
 // Last value wins: a field edited again before its update went out replaces the earlier value.
 const debounced = new Map();
 function onParamChange(name, value) {
+  if (name === "prompt") markStyle(value);
   if (!link || demo.status !== "streaming") {
     changed[name] = value;
     return;
@@ -138,16 +201,30 @@ function startMessage(output) {
   };
 }
 
+function showCaptureHint(hint) {
+  demo.captureHint = hint;
+  $("capture-hint").textContent = hint ?? "";
+  $("capture-hint").hidden = !hint;
+}
+
 async function start() {
   setStatus("connecting");
   demo.framesSent = demo.framesReceived = 0;
+  demo.latencyMs = [];
+  demo.sloEstimate = demo.speedNote = null;
+  outputTimes.length = 0;
+  frameInfo.clear();
+  firstRtpTimestamp = null;
   demo.turns = [];
   $("turns").replaceChildren();
   const webrtc = $("transport").value === "webrtc" && HAS_WEBRTC;
+  showCaptureHint(null);
+  showLive();
   try {
     source = await openSource($("source").value, webrtc && $("microphone").checked);
   } catch (err) {
     setStatus("error", `capture failed: ${err.message}`);
+    showCaptureHint(CAPTURE_HINTS[err.name] ?? null);
     return;
   }
   // Behind a front door, WebRTC needs the worker before the offer: the session is made over REST (placed there),
@@ -225,6 +302,7 @@ function openWebSocket(url, start) {
 }
 
 function onLinkClosed(reason = "") {
+  keepLastOutput();
   stopCapture();
   if (demo.status !== "error" && demo.status !== "stopped") setStatus("stopped", reason);
   link = null;
@@ -243,20 +321,49 @@ function showOutputStream(stream) {
   player.play().catch(() => {});
 }
 
-function countOutputFrame() {
-  if (demo.transport === "webrtc") {
-    const now = performance.now();
-    outputTimes.push(now);
-    while (outputTimes.length && now - outputTimes[0] > 2000) outputTimes.shift();
-    demo.framesReceived += 1;
+// Each generated frame shown over WebRTC: counted, and matched by its RTP timestamp to the server's
+// `frame` message, whose input pts (on the input clock, which starts when media starts to flow) gives
+// capture-to-display latency.
+function countOutputFrame(now, metadata) {
+  if (demo.transport === "webrtc" && link?.kind === "webrtc") {
+    countOutput(now);
+    if (metadata?.rtpTimestamp !== undefined) {
+      firstRtpTimestamp ??= metadata.rtpTimestamp;
+      const inputPts = frameInfo.get((metadata.rtpTimestamp - firstRtpTimestamp) >>> 0);
+      const clockStart = link.inputClockStart?.();
+      if (inputPts !== undefined && clockStart !== null) addLatency(now - (clockStart + inputPts * 1000));
+    }
   }
   $("output-video").requestVideoFrameCallback(countOutputFrame);
+}
+
+function countOutput(now) {
+  outputTimes.push(now);
+  while (outputTimes.length > 2 && now - outputTimes[0] > FPS_WINDOW_MS) outputTimes.shift();
+  while (outputTimes.length && now - outputTimes[0] > FPS_SLOW_SPAN_MS) outputTimes.shift();
+  demo.framesReceived += 1;
+}
+
+function addLatency(ms) {
+  if (ms < 0) return;
+  demo.latencyMs.push(ms);
+  if (demo.latencyMs.length > 120) demo.latencyMs.shift();
+}
+
+// Frames per second from the frames of the last two seconds, or from the last two frames when they are
+// further apart (a slow machine: 0.4 fps is 0.4, not 0), decaying once frames stop coming.
+function outputFps(now = performance.now()) {
+  if (outputTimes.length < 2) return outputTimes.length ? 0 : null;
+  const span = Math.max(outputTimes.at(-1) - outputTimes[0], now - outputTimes.at(-1));
+  return (outputTimes.length - 1) / (span / 1000);
 }
 
 function onControl(message) {
   switch (message.type) {
     case "started":
       demo.sessionId = message.session_id;
+      demo.sloEstimate = message.slo_estimate ?? null;
+      showNotes(message.notes);
       showParams(message.params, message.needs_input);
       setStatus("streaming", `session ${message.session_id} on ${message.pipeline} over ${demo.transport === "webrtc" ? "WebRTC" : "the WebSocket"}`);
       if (source && message.needs_input && link?.kind === "websocket") startCapture();
@@ -264,6 +371,7 @@ function onControl(message) {
     case "ack": {
       demo.acks.push(message);
       demo.lastAck = message;
+      showNotes(message.notes);
       showParams(message.params, message.needs_input);
       const name = pendingUpdates.get(message.request_id);
       pendingUpdates.delete(message.request_id);
@@ -288,8 +396,13 @@ function onControl(message) {
       showStats();
       if (message.speech) showConversation(message.speech);
       break;
+    case "frame": // WebRTC, frame_info: a generated frame's RTP pts (from the first one sent) and its input's pts
+      frameInfo.set(message.rtp_pts, message.pts);
+      if (frameInfo.size > 600) frameInfo.delete(frameInfo.keys().next().value);
+      break;
     case "stopped":
       if (message.stats?.speech) showConversation(message.stats.speech);
+      keepLastOutput();
       setStatus("stopped", message.reason);
       if (link?.kind === "webrtc") link.close(); // the socket is closed by the server
       break;
@@ -300,13 +413,8 @@ async function onMedia(buffer) {
   const { header, payload } = unpackMedia(buffer);
   if (header.kind !== KIND.video || !MIME[header.format]) return;
   const now = performance.now();
-  if (header.pts !== null && header.pts * 1000 <= now) {
-    demo.latencyMs.push(now - header.pts * 1000); // pts is this page's clock when the input was captured
-    if (demo.latencyMs.length > 120) demo.latencyMs.shift();
-  }
-  outputTimes.push(now);
-  while (outputTimes.length && now - outputTimes[0] > 2000) outputTimes.shift();
-  demo.framesReceived += 1;
+  if (header.pts !== null && header.pts * 1000 <= now) addLatency(now - header.pts * 1000); // pts: this page's clock at capture
+  countOutput(now);
   if (header.flags & FLAG_REUSED) demo.reused += 1;
   const bitmap = await createImageBitmap(new Blob([payload], { type: MIME[header.format] }));
   const canvas = $("output");
@@ -321,6 +429,7 @@ function showParams(inForce, needs) {
   params = inForce;
   if (needs !== undefined) needsInput = needs;
   controls.setValues(params);
+  markStyle(params.prompt);
 }
 
 function captureSize(video) {
@@ -362,13 +471,108 @@ function startCapture() {
 function stopCapture() {
   clearTimeout(captureTimer);
   captureTimer = null;
+  keepStill($("input"), $("input-still"));
   for (const track of source?.getTracks() ?? []) track.stop();
   source = null;
 }
 
 function stop() {
+  keepLastOutput();
   link?.send({ type: "stop", request_id: "stop" });
   stopCapture();
+}
+
+// After Stop the last frames stay on screen: a video whose tracks end goes black, so its last
+// picture is drawn on a canvas shown in its place (the socket's output is a canvas already).
+function keepStill(video, canvas) {
+  if (!video.videoWidth || video.hidden) return false;
+  Object.assign(canvas, { width: video.videoWidth, height: video.videoHeight });
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.hidden = false;
+  video.hidden = true;
+  return true;
+}
+
+function keepLastOutput() {
+  if (demo.transport === "webrtc") keepStill($("output-video"), $("output"));
+}
+
+// A new stream shows live video again.
+function showLive() {
+  $("input").hidden = false;
+  $("input-still").hidden = true;
+}
+
+function snapshot() {
+  const canvas = outputPicture();
+  if (!canvas) return;
+  canvas.toBlob((blob) => {
+    demo.snapshots += 1;
+    download(blob, `latentcast-${demo.sessionId ?? "output"}-${demo.snapshots}.png`);
+  }, "image/png");
+}
+
+// The generated picture now: from the WebRTC video while it plays, else the canvas (the socket's
+// output, or the frame kept after Stop).
+function outputPicture() {
+  const video = $("output-video");
+  if (!video.hidden && video.videoWidth) {
+    const canvas = Object.assign(document.createElement("canvas"), { width: video.videoWidth, height: video.videoHeight });
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    return canvas;
+  }
+  return demo.framesReceived ? $("output") : null;
+}
+
+function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = Object.assign(document.createElement("a"), { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// Records what the page shows as the output: the WebRTC stream (its audio too, when the server sends
+// audio back), or the socket's canvas. Stop (or the stream ending) saves a WebM file.
+function toggleRecording() {
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  const live = $("output-video").srcObject;
+  const stream = demo.transport === "webrtc" && live ? new MediaStream(live.getTracks().filter((t) => t.readyState === "live"))
+    : $("output").captureStream(30);
+  const kinds = stream.getTracks().map((t) => t.kind);
+  const mimeType = ["video/webm;codecs=vp8,opus", "video/webm;codecs=vp8", "video/webm"]
+    .find((type) => MediaRecorder.isTypeSupported(type) && (kinds.includes("audio") || !type.includes("opus")));
+  const chunks = [];
+  recorder = new MediaRecorder(stream, { mimeType });
+  demo.recording = { state: "recording", tracks: kinds, mimeType, bytes: 0 };
+  recorder.ondataavailable = (event) => {
+    if (event.data.size) chunks.push(event.data);
+  };
+  recorder.onstop = () => {
+    const blob = new Blob(chunks, { type: "video/webm" });
+    demo.recording = { ...demo.recording, state: "saved", bytes: blob.size };
+    demo.recordings.push(demo.recording);
+    download(blob, `latentcast-${demo.sessionId ?? "output"}-${demo.recordings.length}.webm`);
+    recorder = null;
+    showRecording();
+  };
+  recorder.start(1000);
+  showRecording();
+}
+
+function showRecording() {
+  $("record").textContent = recorder ? "Stop recording" : "Record";
+  $("record").classList.toggle("recording", Boolean(recorder));
+  $("record").disabled = !recorder && demo.status !== "streaming";
+}
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else $("output-figure").requestFullscreen().catch((err) => logError(`full screen refused: ${err.message}`));
 }
 
 function percentile(values, q) {
@@ -378,14 +582,32 @@ function percentile(values, q) {
 }
 
 const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+const fmtFps = (v) => fmt(v, v !== null && v !== undefined && v < 1 && v > 0 ? 2 : 1); // 0.4 fps is not 0.0
+
+// Said once the stream has run a few seconds: the machine makes fewer frames than asked (or than the
+// input brings, if that is fewer), with the scheduler's forecast from admission and what to change.
+function showSpeedNote(fpsOut, s) {
+  const target = Number($("fps").value);
+  const expected = needsInput && s.fps_in ? Math.min(target, s.fps_in) : target;
+  const slow = demo.status === "streaming" && !talk && fpsOut !== null && (s.uptime_s ?? 0) >= SPEED_GRACE_S
+    && fpsOut < SPEED_SHORTFALL * expected;
+  const forecast = demo.sloEstimate?.fps;
+  const asked = expected < target ? `${fmtFps(expected)} fps the input brings` : `${fmtFps(target)} fps asked`;
+  demo.speedNote = slow ? `This machine makes about ${fmtFps(fpsOut)} fps here, below the ${asked}`
+    + `${forecast ? ` (the scheduler forecast ${fmtFps(forecast)} fps)` : ""}: lower the size or the steps, or ask for fewer fps.` : null;
+  $("speed-note").textContent = demo.speedNote ?? "";
+  $("speed-note").hidden = !demo.speedNote;
+}
 
 function showStats() {
   const s = demo.stats ?? {};
   showConsistency(s.consistency);
-  const fpsOut = outputTimes.length > 1 ? (outputTimes.length - 1) / ((outputTimes.at(-1) - outputTimes[0]) / 1000) : 0;
+  const fpsOut = outputFps();
+  demo.fpsOut = fpsOut;
   const latency = percentile(demo.latencyMs, 0.5);
+  showSpeedNote(fpsOut, s);
   $("stats").textContent = [
-    `out ${fmt(fpsOut, 1)} fps · in ${fmt(s.fps_in, 1)} fps`,
+    `out ${fmtFps(fpsOut)} fps · in ${fmtFps(s.fps_in)} fps`,
     `latency ${fmt(latency)} ms (server p50 ${fmt(s.latency_ms?.p50)} / p95 ${fmt(s.latency_ms?.p95)} ms, model ${fmt(s.model_ms?.p50)} ms)`,
     `dropped ${s.dropped_input ?? 0} in / ${s.dropped_output ?? 0} out · skipped ${s.skipped ?? 0} · deadline misses ${s.deadline_misses ?? 0}`,
     ...(s.quality_level ? [`quality stepped down ${s.quality_level} level(s) under load`] : []),
@@ -463,6 +685,9 @@ async function init() {
   $("pipeline").addEventListener("change", () => showPipeline($("pipeline").value));
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
+  $("snapshot").addEventListener("click", snapshot);
+  $("record").addEventListener("click", toggleRecording);
+  $("fullscreen").addEventListener("click", toggleFullscreen);
   const transport = new URLSearchParams(location.search).get("transport");
   if (transport === "websocket" || !HAS_WEBRTC) $("transport").value = "websocket";
   $("output-video").requestVideoFrameCallback(countOutputFrame);

@@ -38,7 +38,13 @@ export async function openWebRtc({ source, receiveVideo = true, token, base, onC
   };
   channel.onmessage = (event) => onControl(JSON.parse(event.data));
   channel.onclose = () => close("connection closed");
-  pc.onconnectionstatechange = () => ["failed", "closed"].includes(pc.connectionState) && close(`connection ${pc.connectionState}`);
+  // When media starts to flow: the server numbers input pts from the first frame it receives, which the
+  // browser sends right after connecting (docs/protocol.md), so this is the input clock's zero, within a frame.
+  let connectedAt = null;
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected" && connectedAt === null) connectedAt = performance.now();
+    if (["failed", "closed"].includes(pc.connectionState)) close(`connection ${pc.connectionState}`);
+  };
 
   try {
     await pc.setLocalDescription(await pc.createOffer());
@@ -46,7 +52,8 @@ export async function openWebRtc({ source, receiveVideo = true, token, base, onC
     const response = await fetch(new URL("v1/webrtc/offer", base ?? location.href), {
       method: "POST",
       headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
+      // frame_info: each generated frame is announced with its input's pts and its RTP pts (latency over WebRTC).
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", frame_info: Boolean(video) }),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer?.error?.message ?? `HTTP ${response.status}`);
@@ -63,6 +70,7 @@ export async function openWebRtc({ source, receiveVideo = true, token, base, onC
   return {
     kind: "webrtc",
     pc,
+    inputClockStart: () => connectedAt,
     send: (message) => channel.readyState === "open" && channel.send(JSON.stringify(message)),
     close: () => close(),
   };

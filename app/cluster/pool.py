@@ -233,6 +233,10 @@ class WorkerPool:
         worker = next((w for w in self.workers.values() if any(s.id == session_id for s in w.sessions)), None)
         if worker is not None:
             await self.refresh(worker)  # a worker that died since the last poll is noticed here
+        elif session_id not in self._lost:
+            # Made since the last poll (a WebSocket redirected to its worker starts it there): ask them all now.
+            await asyncio.gather(*(self.refresh(w) for w in self.workers.values() if w.state in ("up", "draining")))
+            worker = next((w for w in self.workers.values() if any(s.id == session_id for s in w.sessions)), None)
         if session_id in self._lost:
             raise StreamError(ErrorCode.WORKER_FAILED, self._lost[session_id])
         if worker is None or not any(s.id == session_id for s in worker.sessions):

@@ -95,6 +95,9 @@ async def one_session(session_id: str, request: Request, door: FrontDoor = Depen
     return same_request_on(door, await door.pool.locate(session_id), request)
 
 
-@router.get("/{session_id}/stats", status_code=307, responses=_ONE_SESSION)
-async def session_stats(session_id: str, request: Request, door: FrontDoor = Depends(front_door)) -> Response:
+@router.api_route("/{session_id}/{route:path}", methods=["GET", "PUT", "POST", "PATCH", "DELETE"], status_code=307,
+                  responses=_ONE_SESSION)
+async def session_subroute(session_id: str, route: str, request: Request, door: FrontDoor = Depends(front_door)) -> Response:
+    """Every route under a session (stats, image uploads, control pictures, its OSC address, any
+    added later) lives on its worker: 307 there, method and body kept."""
     return same_request_on(door, await door.pool.locate(session_id), request)

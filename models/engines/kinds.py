@@ -6,9 +6,11 @@ picks per device from measurements (docs/engines.md says which and why):
 
 - CPU: ONNX Runtime for the UNet and the tiny VAE (1.4-1.6x and 2.5-3.3x eager on one thread);
   eager for the text encoders (run once per prompt change: an export at start-up buys nothing a
-  user notices) and for the video transformer (torch.compile gains 1.17x there for a long build).
-- CUDA: torch.compile with CUDA graphs for the UNet, the tiny VAE and the video transformer,
-  which needs nothing beyond torch; ONNX Runtime's CUDA and TensorRT providers are a choice.
+  user notices), for the video transformer (torch.compile gains 1.17x there for a long build) and
+  for the video VAE (torch.compile runs its decoder at 0.7x eager's speed).
+- CUDA: torch.compile with CUDA graphs for the UNet, the tiny VAE, the video transformer and the
+  video VAE (the transformer's choice, unmeasured on a GPU), which needs nothing beyond torch;
+  ONNX Runtime's CUDA and TensorRT providers are a choice.
 - anything else (Apple MPS): eager.
 """
 
@@ -41,23 +43,32 @@ class EngineKind(str, Enum):
 
 AUTO = "auto"
 
-# The components an engine can run, and the kinds each supports. The video transformer attends
-# over a KV cache kept in Python between its layers: torch.compile keeps that as an opaque op in
-# the graph; an ONNX graph cannot call back into it (docs/engines.md).
+# The components an engine can run, and the kinds each supports (docs/engines.md).
 COMPONENT_KINDS: dict[str, tuple[EngineKind, ...]] = {
     "unet": tuple(EngineKind),
     "vae_encoder": tuple(EngineKind),
     "vae_decoder": tuple(EngineKind),
     "text_encoder": tuple(EngineKind),
     "video_transformer": (EngineKind.EAGER, EngineKind.COMPILE),
+    "video_vae_encoder": (EngineKind.EAGER, EngineKind.COMPILE),
+    "video_vae_decoder": (EngineKind.EAGER, EngineKind.COMPILE),
+}
+# Why a component lacks the kinds it lacks: what an error names.
+_VIDEO_VAE_NO_EXPORT = ("its causal state is one cache tensor per causal convolution (dozens), passed beside the frames "
+                        "on every call, and a stream's first call takes none: the ONNX export of that variable-arity "
+                        "step is not built or checked (docs/engines.md)")
+WHY_NOT: dict[str, str] = {
+    "video_transformer": "its self-attention calls back into the Python-held KV cache between layers, which an exported graph cannot",
+    "video_vae_encoder": _VIDEO_VAE_NO_EXPORT,
+    "video_vae_decoder": _VIDEO_VAE_NO_EXPORT,
 }
 # Names that stand for several components in a spec.
-GROUPS = {"vae": ("vae_encoder", "vae_decoder")}
+GROUPS = {"vae": ("vae_encoder", "vae_decoder"), "video_vae": ("video_vae_encoder", "video_vae_decoder")}
 
 _DEFAULTS: dict[str, dict[str, EngineKind]] = {
     "cpu": {"unet": EngineKind.ONNX, "vae_encoder": EngineKind.ONNX, "vae_decoder": EngineKind.ONNX},
     "cuda": {"unet": EngineKind.COMPILE, "vae_encoder": EngineKind.COMPILE, "vae_decoder": EngineKind.COMPILE,
-             "video_transformer": EngineKind.COMPILE},
+             "video_transformer": EngineKind.COMPILE, "video_vae_encoder": EngineKind.COMPILE, "video_vae_decoder": EngineKind.COMPILE},
 }
 
 
@@ -94,7 +105,8 @@ class EngineChoice:
                     raise EngineSpecError(f"unknown model component {name!r} in {spec!r}; choose one of {', '.join(known)}")
                 if kind != AUTO and EngineKind(kind) not in COMPONENT_KINDS[component]:
                     supported = ", ".join(k.value for k in COMPONENT_KINDS[component])
-                    raise EngineSpecError(f"the {component} cannot run on {kind} (it can on {supported})")
+                    why = f": {WHY_NOT[component]}" if component in WHY_NOT else ""
+                    raise EngineSpecError(f"the {component} cannot run on {kind} (it can on {supported}){why}")
                 overrides[component] = kind
         return cls(default, tuple(sorted(overrides.items())))
 

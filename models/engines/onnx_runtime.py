@@ -13,12 +13,24 @@ rows, and kept in its own engine cache next to ours.
 
 On CUDA, inputs and outputs stay on the GPU (IO binding on torch's own stream); on the CPU they
 pass as numpy views, without copies.
+
+The dynamo exporter runs in a child process. While it traces, torch.export replaces
+`torch.nn.Module.__call__` for the whole process, not the tracing thread: a stream's step running
+on another thread at that moment (a background build while serving, another pipeline's worker
+warming up) would be traced into the export, or fail inside it, and the export with it. The child
+takes the module and example inputs through a file and writes the ONNX file; nothing in the
+server is traced. (The TorchScript exporter used for CUDA keeps its tracing state per thread.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import re
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +40,8 @@ import torch
 
 from models.engines.buckets import Bucket
 from models.engines.kinds import EngineKind
+
+log = logging.getLogger(__name__)
 
 OPSET = {"cpu": 23, "cuda": 18}
 MODEL_FILE = "model.onnx"
@@ -50,7 +64,54 @@ def available_providers(kind: EngineKind, device: torch.device) -> list[str]:
 
 def export_onnx(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, output_count: int, device: torch.device) -> None:
     """Write `module` called on `examples` as `folder/model.onnx` (weights in files beside it), with
-    a dynamic first dimension on every input and output; the exporter is chosen by `device`."""
+    a dynamic first dimension on every input and output; the exporter is chosen by `device`, and
+    the dynamo exporter runs in a child process (see the module's docstring)."""
+    if device.type == "cpu":
+        _export_in_child(module, examples, folder, output_count)
+    else:
+        _export(module, examples, folder, output_count, device)
+
+
+def _export_in_child(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, output_count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="latentcast-export-") as scratch:
+        job = Path(scratch) / "job.pt"
+        torch.save({"module": _without_hooks(module), "examples": examples, "output_count": output_count}, job)
+        done = subprocess.run([sys.executable, "-m", __name__, str(job), str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        log.debug("the ONNX export's process said:\n%s", done.stderr)
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+        cause = (errors or lines or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(f"the ONNX export failed in its process: {cause}")
+
+
+def _without_hooks(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` that pickles. Forward hooks are this process's state, often closures
+    (transformers installs its output-capturing hooks on a model's first call, and reinstalls
+    them in the child on its first call once the flag saying they are there is cleared)."""
+    clone = copy.deepcopy(module)
+    for part in clone.modules():
+        for hooks in (part._forward_hooks, part._forward_pre_hooks, part._forward_hooks_with_kwargs,
+                      part._forward_hooks_always_called, part._forward_pre_hooks_with_kwargs):
+            hooks.clear()
+        if getattr(part, "_output_capturing_hooks_installed", False):
+            part._output_capturing_hooks_installed = False
+    return clone
+
+
+def _readmit_transformers_models(module: torch.nn.Module) -> None:
+    """transformers records what each model can output (hidden states, for the penultimate layer)
+    per instance, when the instance is constructed: an unpickled one is not, so record it here."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    for part in module.modules():
+        if hasattr(part, "_can_record_outputs"):
+            _CAN_RECORD_REGISTRY[part] = part._can_record_outputs
+
+
+def _export(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], folder: Path, output_count: int, device: torch.device) -> None:
     inputs = [f"input_{i}" for i in range(len(examples))]
     outputs = [f"output_{i}" for i in range(output_count)]
     path = str(folder / MODEL_FILE)
@@ -141,3 +202,10 @@ class OnnxEngine:
             binding.bind_output(name, "cuda", index, _NUMPY[t.dtype], tuple(t.shape), t.data_ptr())
         self.session.run_with_iobinding(binding)
         return outputs
+
+
+if __name__ == "__main__":  # the child of _export_in_child: python -m models.engines.onnx_runtime JOB FOLDER
+    torch.set_num_threads(1)
+    job = torch.load(sys.argv[1], weights_only=False)
+    _readmit_transformers_models(job["module"])
+    _export(job["module"], job["examples"], Path(sys.argv[2]), job["output_count"], torch.device("cpu"))

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,23 @@ def converted_model(source: Path, cache_root: Path, precision: str = "int8") -> 
     if (target / MODEL_FILE).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to ONNX (%s) in %s; this happens once", source, precision, target)
+    # The first start pays for this (about 1.5 min for SmolLM2-135M on two cores): say so, and how far it got.
+    started = time.monotonic()
+    steps = 3 if source.suffix == ".gguf" else 2
+    log.warning("first start: converting the language model %s to ONNX (%s), once, into %s; this takes a minute or two "
+                "(later starts load it in seconds)", source.name, precision, target)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         checkpoint = Path(work) / "checkpoint"
         if source.suffix == ".gguf":
+            log.warning("conversion 1/%d: reading the GGUF weights into a checkpoint", steps)
             _gguf_to_checkpoint(source, checkpoint)
         else:
             checkpoint = source
         staged = Path(work) / "onnx"
+        log.warning("conversion %d/%d: building the ONNX model (onnxruntime-genai's builder; the longest step) after %.0f s",
+                    steps - 1, steps, time.monotonic() - started)
         _build(checkpoint, staged, Path(work) / "builder-cache", precision)
+        log.warning("conversion %d/%d: the head reads from a given position, after %.0f s", steps, steps, time.monotonic() - started)
         _head_reads_from(staged / MODEL_FILE)
         for name in _TOKENIZER_FILES:
             if (checkpoint / name).exists() and not (staged / name).exists():
@@ -62,6 +71,7 @@ def converted_model(source: Path, cache_root: Path, precision: str = "int8") -> 
         except OSError:
             if not (target / MODEL_FILE).exists():
                 raise
+    log.warning("converted the language model in %.0f s; kept in %s", time.monotonic() - started, target)
     return target
 
 

@@ -21,6 +21,7 @@ import torch
 
 from models.device import resolve_device, resolve_dtype
 from models.engines.video_parts import compile_video_transformer
+from models.engines.video_vae import compile_video_vae
 from models.loading import ModelLoadError, _move
 from models.source import ModelSource
 from models.tokenizer import build_byte_tokenizer
@@ -48,7 +49,8 @@ def load_video_models(
     engine: str = "eager",
     engine_cache: Path | str | None = None,
 ) -> VideoModels:
-    """`engine`: an `--engine` spec for the transformer (models.engines; eager unless asked)."""
+    """`engine`: an `--engine` spec for the transformer and the VAE's encoder and decoder
+    (models.engines; eager unless asked)."""
     source = ModelSource({"preset": preset, "dtype": dtype, "model_dir": model_dir, "random_weights": random_weights,
                           "seed": seed, "use_ema": use_ema, "engine": engine, "engine_cache": engine_cache})
     preset = get_video_preset(preset) if isinstance(preset, str) else preset
@@ -67,6 +69,7 @@ def load_video_models(
     compile_video_transformer(transformer, engine, dev, dt, engine_cache)
     streaming_vae = _streaming(vae)
     _move(vae, dev, dt).eval().requires_grad_(False)
+    compile_video_vae(streaming_vae, engine, dev, dt, engine_cache)
     text_len = preset.config_json("text_encoder")["text_len"]
     encoder = TextEncoder(text_model, tokenizer, text_len, dev, dt, offload=preset.offload_text_encoder and dev.type != "cpu")
     return VideoModels(preset, transformer, streaming_vae, encoder, dev, dt, source)

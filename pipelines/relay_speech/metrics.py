@@ -43,7 +43,7 @@ class TurnRecord:
     draft: str | None = None
     keep_probability: float | None = None
     kept: bool | None = None                             # None: no draft was made
-    prefix: str = ""                                     # spoken prefix ("" when discarded)
+    prefix: str = ""                                     # spoken prefix: the kept draft, or the slow path's opening when discarded
     continuation: str = ""
     seam_fragment: str = ""                              # a word-piece dropped at the seam (see text.seam_join)
     heard: str | None = None                             # what reached the listener (set when the turn ends)

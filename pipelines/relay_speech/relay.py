@@ -12,14 +12,16 @@ A turn, in time order (relay mode; the cascaded baseline starts its work at the 
    background, and the language model reads the words so far into the conversation's cache.
 2. First pause (`pause_s` of silence): the fast path starts, speculatively: the transcript (the
    turn's final one), the first `draft_words` words of the answer (the model reads only the
-   words it has not read yet), the verifier's verdict, and the kept draft's voice. At the same
+   words it has not read yet), the verifier's verdict, and the voice of the kept draft or, when
+   the verifier discards it, of the slow path's own first clause made there instead. At the same
    time the turn model is asked whether the turn is complete. Until the turn is decided none of
    it is heard or remembered; if the user goes on speaking it is dropped (cheaply: the cache
    keeps what still holds).
 3. Turn decision (`end_of_turn_s` of silence once the turn model says complete, or
    `incomplete_end_of_turn_s`, or `max_utterance_s` of speech): the kept draft plays as soon as
    it is voiced, and the slow path continues the fast path's own state: same transcript, same
-   cache, the draft already read. A discarded draft costs the slow path the few tokens it rereads.
+   cache, the prefix already read. A discarded draft costs the fast path one more short clause
+   before the decision, not the slow path a step after it.
 4. The answer plays out in real time. User speech during it (barge-in) stops it at once, cancels
    the jobs, and only the words that were played enter the conversation; with `barge_in` off the
    user's voice is ignored until the answer ends. The model then reads the history as heard in
@@ -88,10 +90,18 @@ class FastResult:
     draft: Draft | None = None
     probability: float | None = None
     keep: bool = False
-    audio: np.ndarray | None = None   # the kept draft, voiced, at the output rate
+    opening: str = ""                 # a discarded draft's replacement: the slow path's own first clause, made at the pause
+    audio: np.ndarray | None = None   # the prefix (the kept draft or the opening), voiced, at the output rate
     tts_s: float | None = None
     asr_wait: float = 0.0             # the transcript's wait for the recognizer (a partial transcript still running)
     done_at: float | None = None      # when it was all ready (the worker's clock)
+
+    @property
+    def prefix(self) -> str:
+        """What the answer starts with, spoken at the decision: the slow path continues from it."""
+        if self.keep and self.draft is not None:
+            return self.draft.text
+        return self.opening
 
 
 @dataclass(eq=False)
@@ -356,15 +366,31 @@ class Relay:
         text = usable_text(transcript)
         if not text or cancelled():
             return FastResult(transcript, asr_wait=asr_wait, done_at=self._clock())
-        draft = lanes.llm.call(CRITICAL, self.chat.draft, [*messages, {"role": "user", "content": text}], params.draft_words, cancelled)
+        turn = [*messages, {"role": "user", "content": text}]
+        draft = lanes.llm.call(CRITICAL, self.chat.draft, turn, params.draft_words, cancelled)
         probability = self.models.verifier.probability(DraftEvidence(draft, transcript, earlier))
         result = FastResult(transcript, draft, probability, keep=bool(draft.text) and probability >= params.verifier_threshold,
                             asr_wait=asr_wait)
-        if result.keep and not cancelled():
-            speech = lanes.tts.call(CRITICAL, voice.synthesize, draft.text)
-            result.audio, result.tts_s = speech_audio(speech, params.output_sample_rate, draft.text), speech.seconds
+        if not result.keep and not cancelled():
+            # Discarded: the slow path's own first clause, made now rather than after the decision,
+            # so a discarded turn is not a step behind a cascade that starts at the decision.
+            result.opening = lanes.llm.call(CRITICAL, self._opening, turn, params, cancelled)
+        if result.prefix and not cancelled():
+            speech = lanes.tts.call(CRITICAL, voice.synthesize, result.prefix)
+            result.audio, result.tts_s = speech_audio(speech, params.output_sample_rate, result.prefix), speech.seconds
         result.done_at = self._clock()
         return result
+
+    def _opening(self, messages: list[Message], params: RelaySpeechParams, cancelled: Callable[[], bool]) -> str:
+        """The answer's first clause from the slow path's model, as short as a draft. The cache
+        keeps what it read, so the slow path continuing from this clause reads nothing twice."""
+        pending = ""
+        for piece in self.answerer.respond(messages, "", params.max_answer_tokens, cancelled):
+            pending += piece
+            clause, _ = take_clause(pending, *clause_words(0, params.draft_words))
+            if clause:
+                return clause
+        return " ".join(pending.split())
 
     def _cancel_speculation(self, listening: Listening) -> None:
         if listening.speculation is not None:
@@ -416,7 +442,7 @@ class Relay:
             if not user_text or answer.cancel.is_set():
                 return
             put(UserTurn(user_text))
-            prefix = fast.draft.text if fast is not None and fast.keep and fast.draft is not None else ""
+            prefix = fast.prefix if fast is not None else ""
             self._speak_continuation(answer, [*messages, {"role": "user", "content": user_text}], prefix, params, voice)
         except Exception as err:  # noqa: BLE001 - the turn fails, the conversation goes on
             put(SlowPathFailed(f"{type(err).__name__}: {err}"))
@@ -561,10 +587,10 @@ class Relay:
             return
         record.draft, record.keep_probability, record.kept = fast.draft.text, fast.probability, fast.keep
         record.llm_draft, record.draft_read_tokens = fast.draft.seconds, fast.draft.new_tokens
-        if fast.keep and fast.audio is not None:
-            record.prefix = fast.draft.text
+        if fast.prefix and fast.audio is not None:
+            record.prefix = fast.prefix
             record.tts_first = fast.tts_s
-            self.playout.enqueue(Segment(fast.audio, fast.draft.text, "prefix", record.turn))
+            self.playout.enqueue(Segment(fast.audio, fast.prefix, "prefix", record.turn))
 
     def _on_segment_start(self, segment: Segment, play_at: float) -> None:
         record = self.answer.record if self.answer is not None and self.answer.record.turn == segment.turn else None

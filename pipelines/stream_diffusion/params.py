@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pipelines.base import requested_fields
+from pipelines.stream_diffusion.control_params import INPUT, MAX_CONTROLNETS, ControlNetChoice, check_loras, normalise_image_prompt
 
 # LCM's discretisation: t_index i selects timestep 999 - 20*i (50 original steps).
 NUM_T_INDICES = 50
@@ -83,6 +84,26 @@ class StreamDiffusionParams(BaseModel):
         default=1.0, ge=0.0, le=1.0,
         description="Stochastic similarity filter: cosine similarity above which frames may be skipped; 1 disables it.")
     filter_max_skip: int = _hot(default=10, ge=0, le=1000, description="Frames the filter may skip before one is forced.")
+    # Creative controls (pipelines/stream_diffusion/control_params.py, docs/control.md).
+    controlnets: list[ControlNetChoice] = _hot(
+        default=[], max_length=MAX_CONTROLNETS, description="ControlNets steering the picture, each with its preprocessor and scale.")
+    image_prompt: str | None = Field(
+        default=None, json_schema_extra={"update": "hot", "image": True},
+        description="Image prompt (IP-Adapter): a data:image/...;base64 URL or an upload (PUT /v1/sessions/{id}/images/image_prompt), "
+        "kept as its sha256: name; or 'input' for the next input frame.")
+    image_prompt_weight: float = _hot(default=0.6, ge=0.0, le=2.0, description="How strongly the image prompt steers.")
+    loras: dict[str, float] = _hot(default={}, description="LoRAs and their weights (-2..2), by the names the server loaded.")
+
+    @field_validator("image_prompt")
+    @classmethod
+    def _image_prompt(cls, value: str | None) -> str | None:
+        return normalise_image_prompt(value)
+
+    @field_validator("loras")
+    @classmethod
+    def _loras(cls, value: dict[str, float]) -> dict[str, float]:
+        check_loras(value)
+        return value
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> StreamDiffusionParams:
@@ -96,6 +117,11 @@ class StreamDiffusionParams(BaseModel):
             raise ValueError(
                 f"cfg_type {self.cfg_type!r} needs an input image (its residual noise is measured against it); "
                 "use 'none' or 'full' with txt2img")
+        if self.mode == "txt2img":
+            needs_input = [c.preprocessor for c in self.controlnets if c.preprocessor not in ("previous_output",)]
+            if needs_input or self.image_prompt == INPUT:
+                what = f"preprocessor {needs_input[0]!r}" if needs_input else "image_prompt 'input'"
+                raise ValueError(f"{what} needs an input frame; use previous_output or an uploaded picture with txt2img")
         if self.prompts is not None and sum(p.weight for p in self.prompts) <= 0:
             raise ValueError("prompts: the weights must not all be zero")
         if self.seeds is not None and sum(s.weight for s in self.seeds) <= 0:

@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.control.conditioned_unet import NO_CONTROL, RowControl, predict_with_controls
 from models.diffusion import DiffusionModels, PromptEmbeds
+from models.vocabulary import prompt_notes
 from pipelines.base import Pipeline, PipelineKind, StepOutput, with_defaults
 from pipelines.pictures import picture_render_params, picture_to_tensor, tensor_to_pictures
+from pipelines.stream_diffusion import control
 from pipelines.stream_diffusion.blending import blend, seeded_noise
+from pipelines.stream_diffusion.control_params import ControlNetChoice, with_choices
 from pipelines.stream_diffusion.guidance import cfg_active, guided_noise, next_residual_noise
 from pipelines.stream_diffusion.params import StreamDiffusionParams
 from pipelines.stream_diffusion.sampler import denoised, make_step_tables, noise_from_model_output
@@ -44,6 +48,7 @@ class _Job:
     state: StreamState
     frame: VideoFrame | None  # identity of the entering frame; None while draining
     image: torch.Tensor | None  # preprocessed input for img2img
+    control_images: control.FrameImages | None = None  # the entering frame's ControlNet images
     slots: torch.Tensor = field(default=None)  # which steps this job's rows are at
     x: torch.Tensor = field(default=None)
     residual: torch.Tensor = field(default=None)
@@ -58,7 +63,9 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
 
     def __init__(self, models: DiffusionModels):
         self.models = models
-        self.params_model = with_defaults(StreamDiffusionParams, models.preset.defaults, f"StreamDiffusionParams_{models.preset.name}")
+        defaults = with_defaults(StreamDiffusionParams, models.preset.defaults, f"StreamDiffusionParams_{models.preset.name}")
+        controls = models.controls
+        self.params_model = with_choices(defaults, list(controls.controlnets), controls.lora_names(), controls.ip_adapter is not None)
         self.scheduling = profile_for(models)
         self.denoiser = models.predict  # the UNet call a stage split replaces (streaming.stages)
 
@@ -76,8 +83,23 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
             params["cfg_type"] = "none"  # self and onetime measure their residual against an input image
         return params
 
+    def styles(self) -> list[str]:
+        return list(self.models.preset.styles)
+
+    def prompt_notes(self, params: StreamDiffusionParams) -> list[str]:
+        preset = self.models.preset
+        texts = [p.text for p in params.prompts] if params.prompts else [params.prompt]
+        notes = [note for text in texts for note in prompt_notes(self.models.tokenizers[0], text, preset.styles)]
+        if params.mode == "txt2img" and not preset.from_text:
+            notes.append(f"the {preset.name} model restyles an input picture; from a prompt alone it draws colour noise "
+                         "(give it a camera or a video, or use a text-to-image preset such as sd-turbo)")
+        return notes
+
     def apply_hot(self, state: StreamState, new: StreamDiffusionParams, changed: list[str]) -> None:
-        """New prompt embeddings and noise; everything is computed before anything is assigned."""
+        """New prompt embeddings and noise; everything is computed before anything is assigned
+        (the controls check and embed everything before they assign theirs)."""
+        if control.CONTROL_FIELDS & set(changed):
+            control.apply_changes(self.models, state.controls, new, set(changed))
         cond = self._prompt_embeds(new) if PROMPT_FIELDS & set(changed) else state.cond
         uncond = self.models.encode_prompt([new.negative_prompt]) if "negative_prompt" in changed else state.uncond
         if SEED_FIELDS & set(changed):
@@ -103,7 +125,12 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
             slots=[None] * (n - 1),
             generator=torch.Generator("cpu").manual_seed(_main_seed(params)),
             filter=SimilarityFilter(),
+            controls=control.new_controls(m, params, n),
         )
+
+    def stream_pictures(self, state: StreamState) -> dict[str, np.ndarray]:
+        """The newest control image of each ControlNet (`control-0`, ...), for the demo."""
+        return {name: tensor_to_pictures(image.unsqueeze(0) * 2 - 1)[0] for name, image in state.controls.preview.items()}
 
     def _prompt_embeds(self, params: StreamDiffusionParams) -> PromptEmbeds:
         prompts = params.prompts or []
@@ -133,6 +160,7 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
             job = self._admit(index, state, frame, outputs)
             if job is not None:
                 jobs.append(job)
+        self._prepare_controls(jobs)
         # One UNet batch per latent size: rows of different sizes cannot share a tensor.
         jobs.sort(key=lambda j: j.state.latent_shape)
         for _, group in groupby(jobs, key=lambda j: j.state.latent_shape):
@@ -164,16 +192,69 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
             return None
         return _Job(index, state, frame, image)
 
+    def _prepare_controls(self, jobs: list[_Job]) -> None:
+        """The entering frames' control images, every stream's at once (one preprocessor call per
+        kind), and the image prompts waiting for an input frame."""
+        requests: list[tuple[ControlNetChoice, torch.Tensor]] = []
+        owners: list[_Job] = []
+        takers = []
+        for job in jobs:
+            s = job.state
+            if job.frame is None:
+                continue
+            if s.controls.take_input and job.image is not None:
+                takers.append((s.controls, job.image))
+            unique = {c.image_key: c for c in s.params.controlnets}
+            for choice in unique.values():
+                picture = self._previous_output(job) if choice.preprocessor == "previous_output" else job.image
+                requests.append((choice, picture))
+                owners.append(job)
+        for job, (choice, _), image in zip(owners, requests, control.frame_images(requests)):
+            job.control_images = {**(job.control_images or {}), choice.image_key: image}
+        for job in jobs:
+            if job.control_images is not None:
+                job.state.controls.preview = {f"control-{i}": job.control_images[c.image_key]
+                                              for i, c in enumerate(job.state.params.controlnets)}
+        control.take_input_pictures(self.models, takers)
+
+    def _previous_output(self, job: _Job) -> torch.Tensor:
+        """The stream's last generated picture, stream-sized in [-1, 1]; before the first one, its
+        input (txt2img: black)."""
+        s, p, m = job.state, job.state.params, self.models
+        if s.last_output is not None:
+            return picture_to_tensor(s.last_output.image, p.width, p.height, m.device, m.dtype)
+        if job.image is not None:
+            return job.image
+        return torch.full((1, 3, p.height, p.width), -1.0, device=m.device, dtype=m.dtype)
+
+    def predict_rows(self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, rows: list[RowControl]) -> torch.Tensor:
+        """The UNet's output for each row: rows without controls through `denoiser` (the component's
+        engine, or a stage split), rows with controls through the eager UNet with their
+        per-row controls, one call each (docs/control.md, "Engines")."""
+        controlled = [i for i, row in enumerate(rows) if not row.empty]
+        if not controlled:
+            return self.denoiser(latents, timesteps, embeds)
+        if len(controlled) == len(rows):
+            return predict_with_controls(self.models, latents, timesteps, embeds, rows)
+        plain = torch.tensor([i for i, row in enumerate(rows) if row.empty])
+        chosen = torch.tensor(controlled)
+        out_plain = self.denoiser(latents[plain], timesteps[plain], embeds.map(lambda t: t[plain]))
+        out_controlled = predict_with_controls(self.models, latents[chosen], timesteps[chosen], embeds.map(lambda t: t[chosen]),
+                                               [rows[i] for i in controlled])
+        out = torch.empty((len(rows), *out_plain.shape[1:]), device=out_plain.device, dtype=out_plain.dtype)
+        out[plain], out[chosen] = out_plain, out_controlled
+        return out
+
     def _run(self, jobs: list[_Job], outputs: list[StepOutput]) -> None:
         m = self.models
         to_encode = [j for j in jobs if j.image is not None]
         latents = m.encode_images(torch.cat([j.image for j in to_encode])) if to_encode else None
         encoded = {id(j): latents[k : k + 1] for k, j in enumerate(to_encode)}
 
-        rows_x, rows_t, rows_embeds = [], [], []
+        rows_x, rows_t, rows_embeds, rows_control = [], [], [], []
         for job in jobs:
-            self._plan_rows(job, encoded.get(id(job)), rows_x, rows_t, rows_embeds)
-        model_out = self.denoiser(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds))
+            self._plan_rows(job, encoded.get(id(job)), rows_x, rows_t, rows_embeds, rows_control)
+        model_out = self.predict_rows(torch.cat(rows_x), torch.cat(rows_t), PromptEmbeds.cat(rows_embeds), rows_control)
 
         exits: list[tuple[_Job, VideoFrame, torch.Tensor]] = []
         for job in jobs:
@@ -187,8 +268,9 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
                 job.state.last_output = out
                 outputs[job.index].frames.append(out)
 
-    def _plan_rows(self, job: _Job, latent: torch.Tensor | None, rows_x, rows_t, rows_embeds) -> None:
-        """Append this stream's UNet rows: its slots with the prompt, plus guidance rows."""
+    def _plan_rows(self, job: _Job, latent: torch.Tensor | None, rows_x, rows_t, rows_embeds, rows_control) -> None:
+        """Append this stream's UNet rows: its slots with the prompt, plus guidance rows, and
+        what controls each row."""
         s, p = job.state, job.state.params
         tables, n = s.tables, s.num_steps
         if job.frame is None:  # draining: only the frames already in flight move
@@ -211,6 +293,16 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
         rows_t.append(timesteps)
         rows_embeds.append(s.cond.map(lambda t: t.expand(rows, *t.shape[1:])))
         job.cond_rows = slice(start, start + rows)
+        images_in_flight = [job.control_images, *s.controls.slot_images]  # by slot, as the frames
+        slot_images = [images_in_flight[j] for j in job.slots.tolist()]
+        controlled = control.active(p)
+
+        def controls_of(images: list, guidance: bool) -> list[RowControl]:
+            if not controlled:
+                return [NO_CONTROL] * len(images)
+            return control.row_controls(p, s.controls, images, job.control_images, guidance)
+
+        rows_control.extend(controls_of(slot_images, guidance=False))
         if not cfg_active(p.cfg_type, p.guidance_scale):
             return
         if p.cfg_type == "full":
@@ -222,6 +314,7 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
         rows_x.append(extra[0])
         rows_t.append(extra[1])
         rows_embeds.append(s.uncond.map(lambda t: t.expand(len(extra[0]), *t.shape[1:])))
+        rows_control.extend(controls_of(slot_images[: len(extra[0])], guidance=True))
         job.uncond_rows = slice(start + rows, start + rows + len(extra[0]))
 
     def _advance(self, job: _Job, model_out: torch.Tensor) -> tuple[VideoFrame, torch.Tensor] | None:
@@ -261,6 +354,7 @@ class StreamDiffusionPipeline(Pipeline[StreamState]):
 
         in_flight = [job.frame] + s.slots  # frame at slot 0..N-1 this call
         s.slots = in_flight[: n - 1]
+        s.controls.slot_images = [job.control_images, *s.controls.slot_images][: n - 1]
         leaving = in_flight[n - 1]
         if leaving is None:
             return None

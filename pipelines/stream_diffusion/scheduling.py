@@ -8,6 +8,7 @@ from typing import Any
 
 from models.diffusion import DiffusionModels
 from pipelines.scheduling import SchedulingProfile, StageDeclaration, smaller_size
+from pipelines.stream_diffusion.control_params import cost_units
 from pipelines.stream_diffusion.params import StreamDiffusionParams
 from pipelines.stream_diffusion.stages import split_rows
 
@@ -16,8 +17,12 @@ SIZE_FLOOR = 128
 
 
 def cost_shape(params: StreamDiffusionParams) -> tuple[int, ...]:
-    """UNet rows per frame grow with the steps (stream batch) and the picture's pixels."""
-    return params.width, params.height, len(params.t_index_list)
+    """UNet rows per frame grow with the steps (stream batch) and the picture's pixels; creative
+    controls add a factor (`cost_units`). Streams with different controls still share one batch
+    (their controls apply per row), so the shape is what a stream costs, not a batch group."""
+    shape = (params.width, params.height, len(params.t_index_list))
+    units = cost_units(params.controlnets, params.image_prompt, params.loras)
+    return shape if units == 1 else (*shape, units)
 
 
 def pipe_depth(params: StreamDiffusionParams) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from models.diffusion import PromptEmbeds
 from pipelines.base import PipelineState
+from pipelines.stream_diffusion.control import StreamControls
 from pipelines.stream_diffusion.params import StreamDiffusionParams
 from pipelines.stream_diffusion.sampler import StepTables
 from pipelines.stream_diffusion.similarity_filter import SimilarityFilter
@@ -38,6 +39,8 @@ class StreamState(PipelineState):
     """Per-stream randomness: txt2img noise and the similarity filter's draws."""
     filter: SimilarityFilter = field(default_factory=SimilarityFilter)
     last_output: VideoFrame | None = None
+    controls: StreamControls = field(default_factory=StreamControls)
+    """ControlNet images of the frames in flight, image-prompt tokens (pipelines/stream_diffusion/control.py)."""
 
     @property
     def num_steps(self) -> int:

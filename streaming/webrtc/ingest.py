@@ -104,6 +104,7 @@ class AudioIngest:
     def __init__(self) -> None:
         self.session: Session | None = None
         self.chunks = 0
+        self.refused = 0
         self._resampler = av.AudioResampler(format="s16", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
 
     def on_frame(self, frame: av.AudioFrame) -> None:
@@ -119,6 +120,8 @@ class AudioIngest:
             try:
                 session.push_audio(chunk)
             except StreamError as err:
-                # The worker has stalled for the whole buffer; a real-time sender cannot be
-                # slowed down, so the refusal is counted (stats `audio.refused`) and logged.
-                log.warning("session %s: %s", session.id, err.message)
+                # A sender that cannot be told to slow down: every refusal is counted (stats `audio.refused`),
+                # the first is logged, and the log is not filled with the rest.
+                if not self.refused:
+                    log.warning("session %s: %s (further refusals are counted in its stats, not logged)", session.id, err.message)
+                self.refused += 1

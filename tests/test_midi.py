@@ -214,6 +214,8 @@ def test_a_midi_input_that_cannot_start_stops_serve(tmp_path, capsys, monkeypatc
     assert says in capsys.readouterr().err
 
 
+# The two tests below are each other's complement: exactly one runs on any machine (the refusal
+# where there is no ALSA sequencer, as here and in CI; the real virtual port where there is one).
 @pytest.mark.skipif(ALSA_SEQUENCER.exists(), reason="this machine has an ALSA sequencer")
 def test_without_a_midi_system_a_named_port_is_refused_with_the_reason(tmp_path, capsys):
     (tmp_path / "map.toml").write_text(EXAMPLE_MAP.read_text())

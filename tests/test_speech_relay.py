@@ -142,6 +142,8 @@ def test_an_unsure_turn_model_doubles_the_hangover_and_an_unfinished_verdict_wai
     assert 0.57 <= _decision_after(unsure) <= 0.66
     # Asked again as the pause grew, each time about a longer stretch of it.
     assert len(unsure.queries) >= 3 and unsure.queries == sorted(unsure.queries) and unsure.queries[-1] - unsure.queries[0] >= 0.3
+    # Sure the sentence is unfinished: the long hangover (1.2 s, set above) less the VAD's lag, plus
+    # at most a 20 ms tick and a 32 ms window (the fake clock makes this exact to a tick).
     assert 1.17 <= _decision_after(FixedTurnModel(0.1)) <= 1.26
     assert 0.27 <= _decision_after(FixedTurnModel(0.7), turn_threshold=0.6) <= 0.36
 
